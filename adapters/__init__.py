@@ -1,0 +1,1 @@
+"""crosspost's platform adapters: one small module per platform (installed as crosspost_adapters)."""
