@@ -54,4 +54,5 @@ class Settings(BaseSettings):
 
 
 def load_settings() -> Settings:
-    return Settings()
+    env_file = Path(os.environ.get("CROSSPOST_ENV_FILE", ".env"))
+    return Settings(_env_file=env_file, env_file=env_file)  # type: ignore[call-arg]

@@ -1,0 +1,274 @@
+"""The `crosspost` command. Exit codes: 0 ok, 1 bad input or refused, 2 usage."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, NoReturn, TextIO
+
+from crosspost.campaigns import load_campaigns
+from crosspost.delivery import Delivery, DeliveryState, PostRecord
+from crosspost.errors import ConfigError, CrosspostError, InputError
+from crosspost.intake import Checked, Intake
+from crosspost.postfile import read_post_file
+from crosspost.queue import Queue
+from crosspost.settings import Settings, load_settings
+from crosspost.targets import Targets, load_targets
+
+EXIT_OK, EXIT_INPUT, EXIT_USAGE = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"crosspost: {message}\n")
+
+
+class App:
+    """What a command needs, opened lazily so `--help` needs no database or config."""
+
+    def __init__(self, settings: Settings, out: TextIO) -> None:
+        self.settings = settings
+        self.out = out
+        self._queue: Queue | None = None
+        self._targets: Targets | None = None
+
+    @property
+    def queue(self) -> Queue:
+        if self._queue is None:
+            if self.settings.database_url is None:
+                self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+            self._queue = Queue(self.settings.effective_database_url)
+            self._queue.upgrade()
+        return self._queue
+
+    @property
+    def targets(self) -> Targets:
+        if self._targets is None:
+            self._targets = load_targets(self.settings.targets)
+        return self._targets
+
+    def intake(self) -> Intake:
+        return Intake(self.targets, self.settings, load_campaigns(self.settings.campaigns_dir))
+
+    def local_time(self, target: str, at: datetime) -> str:
+        zone = self.targets[target].zone if target in self.targets else UTC
+        return at.astimezone(zone).strftime("%Y-%m-%d %H:%M %Z")
+
+    def print(self, text: str = "") -> None:
+        print(text, file=self.out)
+
+    def print_json(self, data: Any) -> None:
+        print(json.dumps(data, ensure_ascii=False, indent=2), file=self.out)
+
+    def close(self) -> None:
+        if self._queue is not None:
+            self._queue.close()
+
+
+def _check_files(app: App, files: Sequence[Path]) -> list[Checked]:
+    """Every file read and checked; all problems of all files raised together."""
+    intake = app.intake()
+    now = datetime.now(UTC)
+    checked: list[Checked] = []
+    problems = []
+    for path in files:
+        try:
+            checked.append(intake.check(read_post_file(path), path.name, now))
+        except InputError as exc:
+            problems.extend(exc.problems)
+    for item in checked:
+        problems.extend(item.problems)
+    if problems:
+        raise InputError(problems)
+    return checked
+
+
+def cmd_add(app: App, args: argparse.Namespace) -> int:
+    checked = _check_files(app, args.files)
+    now = datetime.now(UTC)
+    results = [app.queue.add(item.new_post(), now) for item in checked]
+    if args.json:
+        app.print_json([{"outcome": r.outcome, **_post_json(app, r.post)} for r in results])
+    for item, result in zip(checked, results, strict=True):
+        for warning in item.warnings:
+            print(f"warning: {item.source}: {warning}", file=sys.stderr)
+        if args.json:
+            continue
+        app.print(f"{result.post.id}: {result.outcome} ({item.source})")
+        for d in result.post.deliveries:
+            app.print(f"  {d.target:<20} {d.state:<13} {app.local_time(d.target, d.due_at)}")
+    return EXIT_OK
+
+
+def cmd_preview(app: App, args: argparse.Namespace) -> int:
+    intake = app.intake()
+    now = datetime.now(UTC)
+    failed = False
+    for path in args.files:
+        try:
+            item = intake.check(read_post_file(path), path.name, now)
+        except InputError as exc:
+            print(exc, file=sys.stderr)
+            failed = True
+            continue
+        app.print(f"== {item.post_id} ({item.source})")
+        for target, rendition in item.renditions.items():
+            when = item.schedule.get(target)
+            due = app.local_time(target, when) if when else "-"
+            flag = " (shortened)" if rendition.shortened else ""
+            app.print(
+                f"-- {target} [{rendition.platform}, {rendition.language}] "
+                f"{rendition.length}/{rendition.limit}{flag}, at {due}"
+            )
+            app.print(rendition.text)
+            for media in rendition.media:
+                app.print(f"   [media {media.mime_type or '?'}] alt: {media.alt or '(none)'}")
+        for warning in item.warnings:
+            app.print(f"warning: {warning}")
+        for problem in item.problems:
+            app.print(f"problem: {problem}")
+        failed = failed or bool(item.problems)
+    return EXIT_INPUT if failed else EXIT_OK
+
+
+def _delivery_json(app: App, d: Delivery) -> dict[str, Any]:
+    data = d.as_json()
+    data["due_at_local"] = app.local_time(d.target, d.due_at)
+    return data
+
+
+def _post_json(app: App, record: PostRecord, attempts: bool = False) -> dict[str, Any]:
+    deliveries = []
+    for d in record.deliveries:
+        data = _delivery_json(app, d)
+        if attempts:
+            data["attempt_log"] = [a.as_json() for a in app.queue.attempts(d.id)]
+        deliveries.append(data)
+    return {
+        "id": record.id,
+        "source": record.source,
+        "state": record.state,
+        "campaign": record.campaign,
+        "created_at": record.created_at.isoformat(),
+        "updated_at": record.updated_at.isoformat(),
+        "deliveries": deliveries,
+    }
+
+
+def cmd_list(app: App, args: argparse.Namespace) -> int:
+    records = app.queue.list_posts(
+        state=DeliveryState(args.state) if args.state else None,
+        target=args.target,
+        campaign=args.campaign,
+        limit=args.limit,
+    )
+    if args.json:
+        app.print_json([_post_json(app, r) for r in records])
+        return EXIT_OK
+    for record in records:
+        summary = ", ".join(f"{d.target}:{d.state}" for d in record.deliveries)
+        app.print(f"{record.id:<40} {record.state:<13} {summary}")
+    if not records:
+        app.print("(no posts)")
+    return EXIT_OK
+
+
+def cmd_show(app: App, args: argparse.Namespace) -> int:
+    record = app.queue.get(args.id)
+    if args.json:
+        app.print_json({**_post_json(app, record, attempts=True), "post": record.body})
+        return EXIT_OK
+    app.print(f"{record.id} ({record.source}) — {record.state}")
+    for d in record.deliveries:
+        app.print(f"  {d.target}: {d.state}, due {app.local_time(d.target, d.due_at)},"
+                  f" {d.attempts} attempt(s)")
+        if d.remote_url:
+            app.print(f"    {d.remote_url}")
+        if d.last_error:
+            app.print(f"    last error ({d.last_error_kind}): {d.last_error}")
+        for a in app.queue.attempts(d.id):
+            detail = a.error_message or a.remote_url or ""
+            app.print(f"    - {a.started_at:%Y-%m-%d %H:%M:%S}Z {a.outcome}"
+                      f" {a.http_status or ''} {a.duration_ms}ms {detail}")
+    return EXIT_OK
+
+
+def cmd_cancel(app: App, args: argparse.Namespace) -> int:
+    for d in app.queue.cancel(args.id):
+        app.print(f"{args.id}: {d.target} cancelled")
+    return EXIT_OK
+
+
+def cmd_retry(app: App, args: argparse.Namespace) -> int:
+    for d in app.queue.retry(args.id, datetime.now(UTC), target=args.target):
+        app.print(f"{args.id}: {d.target} scheduled again, due {app.local_time(d.target, d.due_at)}")
+    return EXIT_OK
+
+
+def cmd_db(app: App, args: argparse.Namespace) -> int:
+    app.queue.upgrade()
+    app.print("database is up to date")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="crosspost", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def command(name: str, handler: Callable[[App, argparse.Namespace], int], text: str) -> Any:
+        sub = commands.add_parser(name, help=text, description=text)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    add = command("add", cmd_add, "Validate post files, then queue them.")
+    add.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    add.add_argument("--json", action="store_true", help="print the queued posts as JSON")
+    preview = command("preview", cmd_preview, "Show each target's rendition and its problems.")
+    preview.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    listing = command("list", cmd_list, "List posts, newest first.")
+    listing.add_argument("--state", choices=[str(s) for s in DeliveryState])
+    listing.add_argument("--target")
+    listing.add_argument("--campaign")
+    listing.add_argument("--limit", type=int, default=100)
+    listing.add_argument("--json", action="store_true")
+    show = command("show", cmd_show, "Show one post: deliveries, attempts, errors.")
+    show.add_argument("id")
+    show.add_argument("--json", action="store_true")
+    cancel = command("cancel", cmd_cancel, "Cancel the deliveries that have not gone out.")
+    cancel.add_argument("id")
+    retry = command("retry", cmd_retry, "Re-queue failed, missed or needs-review deliveries.")
+    retry.add_argument("id")
+    retry.add_argument("--target")
+    db = command("db", cmd_db, "Database maintenance.")
+    db.add_argument("action", choices=["upgrade"])
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings()
+    except Exception as exc:  # pydantic's ValidationError: a bad CROSSPOST_* variable
+        print(f"crosspost: settings: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    app = App(settings, out or sys.stdout)
+    try:
+        code: int = args.handler(app, args)
+        return code
+    except ConfigError as exc:
+        print(f"crosspost: configuration: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    except CrosspostError as exc:
+        print(f"crosspost: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    finally:
+        app.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
