@@ -1,6 +1,6 @@
 """Fixtures shared by the Mastodon tests: a fake Mastodon on loopback, adapters aimed at it.
 
-Test modules load it with `pytest_plugins = ["fakes_mastodon_fixtures"]`.
+Test modules take the fixtures with `from fakes_mastodon_fixtures import *`.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from pydantic import SecretStr
 from crosspost.fakes.mastodon import FakeMastodon
 from crosspost.fakes.server import RunningFake
 from crosspost.post import Post
+
+__all__ = ["make_mastodon", "mastodon_fake", "mastodon_server"]
 
 TOKEN = "tok-3c1d9e-very-secret"
 
@@ -45,30 +47,31 @@ def mastodon_server(mastodon_fake: FakeMastodon) -> Iterator[RunningFake]:
         yield running
 
 
+def mastodon_adapter(
+    base_url: str,
+    name: str = "mastodon-en",
+    *,
+    token: str | None = TOKEN,
+    timeout: float = 5.0,
+    **fields: Any,
+) -> MastodonAdapter:
+    """An adapter for a target `name` on `base_url`; `fields` are more target settings."""
+    languages = fields.pop("languages", ["es"] if name.endswith("-es") else ["en"])
+    target = MastodonTarget(
+        name=name, base_url=base_url, token_env="MASTODON_TOKEN", languages=languages, **fields
+    )
+    return FastMastodonAdapter(target, secret=SecretStr(token) if token else None, timeout=timeout)
+
+
 @pytest.fixture
 def make_mastodon(mastodon_server: RunningFake) -> Iterator[MakeAdapter]:
-    """`make_mastodon(name="mastodon-es", languages=["es"], **target fields)`."""
+    """`make_mastodon(name="mastodon-es", **target fields)`: an adapter aimed at the fake."""
     made: list[MastodonAdapter] = []
 
     def make(
-        name: str = "mastodon-en",
-        *,
-        base_url: str | None = None,
-        token: str | None = TOKEN,
-        timeout: float = 5.0,
-        **fields: Any,
+        name: str = "mastodon-en", *, base_url: str | None = None, **fields: Any
     ) -> MastodonAdapter:
-        languages = fields.pop("languages", ["es"] if name.endswith("-es") else ["en"])
-        target = MastodonTarget(
-            name=name,
-            base_url=base_url or mastodon_server.url,
-            token_env="MASTODON_TOKEN",
-            languages=languages,
-            **fields,
-        )
-        adapter = FastMastodonAdapter(
-            target, secret=SecretStr(token) if token else None, timeout=timeout
-        )
+        adapter = mastodon_adapter(base_url or mastodon_server.url, name, **fields)
         made.append(adapter)
         return adapter
 

@@ -460,3 +460,9 @@ def test_recorded_headers_update_usage_and_regain_time(
         adapter.publish(adapter.render(make_post(), "p1"), "key-1")
     assert adapter.usage == 91.0
     assert adapter.regain_access_at is None
+
+
+def test_videos_are_refused_before_publishing(adapter: FacebookAdapter) -> None:
+    post = make_post(media=[{"url": "https://example.org/clip.mp4", "mime_type": "video/mp4"}])
+    [problem] = adapter.validate(adapter.render(post, "p1"))
+    assert "only photos" in problem

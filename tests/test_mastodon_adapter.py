@@ -15,9 +15,8 @@ from crosspost.adapter import RenderedMedia
 from crosspost.errors import OutcomeUnknown, Permanent, RateLimited, Transient
 from crosspost.fakes.mastodon import FakeMastodon
 from crosspost.fakes.server import FakePlatform, Reply, Request, RunningFake
+from fakes_mastodon_fixtures import *  # noqa: F403  (the fixtures)
 from fakes_mastodon_fixtures import TOKEN, MakeAdapter, make_post
-
-pytest_plugins = ["fakes_mastodon_fixtures"]
 
 PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(64)
 MP4 = b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom" + bytes(64)
@@ -107,7 +106,7 @@ def test_alt_text_in_the_rendition_language(make_mastodon: MakeAdapter, png: Pat
     )
     media = make_mastodon("mastodon-es").render(post, "p1").media
     assert [m.alt for m in media] == ["Un gato", "Only English", ""]
-    assert not media[0].is_url and media[0].mime_type == "image/png"
+    assert (media[0].is_url, media[0].mime_type) == (False, "image/png")
 
 
 def test_limit_comes_from_the_instance(
@@ -309,7 +308,8 @@ def test_rate_limit_window_gives_reset_time(
     adapter = make_mastodon(max_characters=500)
     rendition = adapter.render(make_post(text={"en": "hi"}), "p1")
     adapter.publish(rendition, "key-1")
-    assert adapter.rate_limit is not None and adapter.rate_limit[:2] == (2, 1)
+    assert adapter.rate_limit is not None
+    assert adapter.rate_limit[:2] == (2, 1)
     assert adapter.rate_limit_reset is None
     adapter.publish(rendition, "key-2")
     assert adapter.rate_limit_reset is not None  # remaining 0: the next one will wait
@@ -317,7 +317,7 @@ def test_rate_limit_window_gives_reset_time(
         adapter.publish(rendition, "key-3")
     retry_at = caught.value.retry_at
     assert retry_at == adapter.rate_limit_reset
-    assert retry_at.tzinfo is not None and retry_at.utcoffset() == timedelta(0)
+    assert retry_at.utcoffset() == timedelta(0)
     assert datetime.now(UTC) < retry_at <= datetime.now(UTC) + timedelta(minutes=5)
     assert len(mastodon_fake.statuses) == 2
 
@@ -352,7 +352,8 @@ def test_reset_after_create_is_unknown_then_found(
         adapter.publish(rendition, "key-unknown")
     [status] = mastodon_fake.statuses
     found = adapter.lookup(rendition, "key-unknown", since)
-    assert found is not None and found.remote_id == status.id
+    assert found is not None
+    assert found.remote_id == status.id
     other = adapter.render(make_post(text={"en": "Something else"}), "p2")
     assert adapter.lookup(other, "key-other", since) is None
 

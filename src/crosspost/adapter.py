@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from crosspost.errors import ConfigError
 from crosspost.post import HttpUrl, LanguageTag, Post
+from crosspost.retry import RetryPolicy
 
 ENTRY_POINT_GROUP = "crosspost.adapters"
 
@@ -47,6 +48,9 @@ class TargetConfig(BaseModel):
     )
     mirror_url: HttpUrl | None = Field(
         default=None, description="Permalink base of the website mirror, for shortened posts."
+    )
+    retry: RetryPolicy | None = Field(
+        default=None, description="This target's retry policy; default: its platform's."
     )
 
     @field_validator("timezone")
@@ -122,6 +126,10 @@ class Adapter(ABC):
     config_model: ClassVar[type[TargetConfig]]
     max_length: ClassVar[int]
     supports_idempotency_key: ClassVar[bool] = False
+    # How long the platform remembers an idempotency key (None: for as long as it matters).
+    idempotency_window: ClassVar[timedelta | None] = None
+    # Whether `render` wants the post's copies on other targets (the website shows them).
+    wants_copies: ClassVar[bool] = False
 
     def __init__(
         self,

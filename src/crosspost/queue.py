@@ -310,6 +310,29 @@ class Queue:
                     conn.execute(deliveries.insert(), [self._delivery_row(new.id, target, scheduled_at)])
             return AddResult("updated", self._post(conn, new.id))
 
+    def ensure(self, new: NewPost, now: datetime) -> AddResult:
+        """Create the post if it is missing, and those of its deliveries that are missing;
+        change nothing that exists (the next occurrence of a recurring campaign)."""
+        with self._write() as conn:
+            exists = conn.execute(
+                sa.select(posts.c.id).where(posts.c.id == new.id).with_for_update()
+            ).first()
+            if exists is None:
+                self._insert(conn, new, now)
+                return AddResult("queued", self._post(conn, new.id))
+            present = set(
+                conn.execute(
+                    sa.select(deliveries.c.target).where(deliveries.c.post_id == new.id)
+                ).scalars()
+            )
+            missing = [d for d in new.deliveries if d.target not in present]
+            if missing:
+                conn.execute(
+                    deliveries.insert(),
+                    [self._delivery_row(new.id, d.target, d.scheduled_at) for d in missing],
+                )
+            return AddResult("updated" if missing else "unchanged", self._post(conn, new.id))
+
     def add_many(self, batch: Sequence[NewPost], now: datetime) -> int:
         """Bulk-queue new posts in one transaction (ids already present are skipped)."""
         if not batch:
