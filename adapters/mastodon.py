@@ -76,6 +76,7 @@ class MastodonAdapter(Adapter):
     config_model = MastodonTarget
     max_length = 500  # when the instance does not say
     supports_idempotency_key = True
+    idempotency_window = timedelta(hours=1)  # Mastodon keeps an Idempotency-Key an hour
     max_media_bytes: ClassVar[int] = 40 * 1024 * 1024
     media_url_schemes: ClassVar[tuple[str, ...]] = ("https",)
     media_poll_interval: ClassVar[float] = 1.0
@@ -206,6 +207,7 @@ class MastodonAdapter(Adapter):
             data=form,
             headers={"Idempotency-Key": idempotency_key},
         )
+        # A status POST answered 2xx landed, whatever its body says: reconcile, never resend.
         status = self._json(response, "POST /api/v1/statuses", OutcomeUnknown)
         if not isinstance(status, dict) or "id" not in status:
             raise OutcomeUnknown("POST /api/v1/statuses: the answer holds no status id")
@@ -216,7 +218,9 @@ class MastodonAdapter(Adapter):
         file = (name, content, media.mime_type or "application/octet-stream")
         data = {"description": media.alt} if media.alt else {}
         response = self._request("POST", "/api/v2/media", files={"file": file}, data=data)
-        attachment = self._json(response, "POST /api/v2/media", Transient)
+        attachment = self._json(response, "POST /api/v2/media")
+        if not isinstance(attachment, dict) or "id" not in attachment:
+            raise Transient("POST /api/v2/media: the answer holds no media id")
         media_id = str(attachment["id"])
         if response.status_code == 202:
             self._await_media(media_id)
@@ -267,23 +271,23 @@ class MastodonAdapter(Adapter):
     def lookup(
         self, rendition: Rendition, idempotency_key: str, since: datetime
     ) -> Published | None:
-        account = self._json(
-            self._request("GET", "/api/v1/accounts/verify_credentials"),
-            "GET /api/v1/accounts/verify_credentials",
-            Transient,
-        )
-        path = f"/api/v1/accounts/{account['id']}/statuses"
-        statuses = self._json(
-            self._request("GET", path, params={"limit": self.lookup_page_size}), path, Transient
-        )
-        wanted = comparable(rendition.text)
-        earliest = since - self.clock_skew
-        for status in statuses:
-            created = datetime.fromisoformat(status["created_at"].replace("Z", "+00:00"))
-            if created < earliest:
-                break  # newest first: the rest are older still
-            if plain_text(status.get("content") or "") == wanted:
-                return Published(remote_id=str(status["id"]), remote_url=status.get("url"))
+        where = "GET /api/v1/accounts/verify_credentials"
+        account = self._json(self._request("GET", "/api/v1/accounts/verify_credentials"), where)
+        try:
+            path = f"/api/v1/accounts/{account['id']}/statuses"
+            where = f"GET {path}"
+            page = {"limit": self.lookup_page_size}
+            statuses = self._json(self._request("GET", path, params=page), where)
+            wanted = comparable(rendition.text)
+            earliest = since - self.clock_skew
+            for status in statuses:
+                created = datetime.fromisoformat(status["created_at"].replace("Z", "+00:00"))
+                if created < earliest:
+                    break  # newest first: the rest are older still
+                if plain_text(status.get("content") or "") == wanted:
+                    return Published(remote_id=str(status["id"]), remote_url=status.get("url"))
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise Transient(f"{where}: an answer not shaped like Mastodon's") from None
         return None
 
     def delete(self, remote_id: str) -> None:
@@ -355,7 +359,9 @@ class MastodonAdapter(Adapter):
         self.rate_limit_reset = reset if self.rate_limit[1] <= 0 else None
 
     @staticmethod
-    def _json(response: requests.Response, where: str, error: type[PublishError]) -> Any:
+    def _json(
+        response: requests.Response, where: str, error: type[PublishError] = Transient
+    ) -> Any:
         try:
             return response.json()
         except ValueError:

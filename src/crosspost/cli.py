@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
-from crosspost.campaigns import load_campaigns
+from crosspost.campaigns import campaign_table, load_campaigns
 from crosspost.delivery import Delivery, DeliveryState, PostRecord
-from crosspost.errors import ConfigError, CrosspostError, InputError
+from crosspost.errors import ConfigError, CrosspostError, InputError, Problem
 from crosspost.intake import Checked, Intake
 from crosspost.postfile import read_post_file
 from crosspost.queue import Queue
@@ -75,7 +78,7 @@ def _check_files(app: App, files: Sequence[Path]) -> list[Checked]:
     intake = app.intake()
     now = datetime.now(UTC)
     checked: list[Checked] = []
-    problems = []
+    problems: list[Problem] = []
     for path in files:
         try:
             checked.append(intake.check(read_post_file(path), path.name, now))
@@ -210,6 +213,55 @@ def cmd_retry(app: App, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_run(app: App, args: argparse.Namespace) -> int:
+    from crosspost.scheduler import Service
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    for noisy in ("apscheduler", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    campaigns = load_campaigns(app.settings.campaigns_dir)
+    service = Service(app.settings, app.queue, app.targets, campaigns)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    service.start()
+    logging.getLogger("crosspost").info(
+        "crosspost %s running on %s (%d targets)",
+        service.worker_id,
+        app.queue.engine.url.render_as_string(hide_password=True),
+        len(app.targets),
+    )
+    if args.until_idle:
+        quiet = 0
+        while not stop.wait(0.05):
+            quiet = quiet + 1 if service.drained() else 0
+            if quiet >= 3:
+                break
+    else:
+        stop.wait()
+    service.stop(grace=min(app.settings.lease_seconds, 60.0))
+    counts = ", ".join(f"{k}: {v}" for k, v in sorted(service.outcomes.items())) or "nothing"
+    logging.getLogger("crosspost").info("stopped; this run: %s", counts)
+    return EXIT_OK
+
+
+def cmd_campaigns(app: App, args: argparse.Namespace) -> int:
+    campaigns = load_campaigns(app.settings.campaigns_dir)
+    zones = [(name, config.zone) for name, config in app.targets.items()]
+    rows = campaign_table(campaigns, zones, datetime.now(UTC))
+    if args.json:
+        app.print_json([row.as_json() for row in rows])
+        return EXIT_OK
+    for row in rows:
+        data = row.as_json()
+        app.print(f"{data['id']}: {data['name']} — {data['rule']}")
+        for instant in data["next"]:
+            app.print(f"  {instant['target']:<20} {instant['local']} ({instant['zone']})")
+    return EXIT_OK
+
+
 def cmd_db(app: App, args: argparse.Namespace) -> int:
     app.queue.upgrade()
     app.print("database is up to date")
@@ -244,6 +296,12 @@ def build_parser() -> argparse.ArgumentParser:
     retry = command("retry", cmd_retry, "Re-queue failed, missed or needs-review deliveries.")
     retry.add_argument("id")
     retry.add_argument("--target")
+    run = command("run", cmd_run, "Run the scheduler and workers until stopped.")
+    run.add_argument(
+        "--until-idle", action="store_true", help="publish what is due, then exit"
+    )
+    campaigns = command("campaigns", cmd_campaigns, "List campaigns and their next instants.")
+    campaigns.add_argument("--json", action="store_true")
     db = command("db", cmd_db, "Database maintenance.")
     db.add_argument("action", choices=["upgrade"])
     return parser

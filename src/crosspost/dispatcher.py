@@ -148,6 +148,12 @@ class Dispatcher:
         # Deliveries to targets no longer configured wait too, rather than fail silently.
         return sorted(blocked)
 
+    def next_release(self, now: datetime) -> datetime | None:
+        """The soonest moment a rate-limited target may be sent to again."""
+        with self._lock:
+            times = [s.not_before for s in self._targets.values() if s.not_before and s.not_before > now]
+        return min(times, default=None)
+
     def dispatch_due(self) -> int:
         """Claim what is due (as far as there is room) and start it; returns how many."""
         if self.stopping:

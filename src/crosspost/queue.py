@@ -13,8 +13,9 @@ Every result leaves as a frozen value from `crosspost.delivery`; every driver er
 
 from __future__ import annotations
 
+import threading
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -136,6 +137,9 @@ attempts = sa.Table(
     sa.Column("remote_url", sa.Text),
 )
 attempts_delivery = sa.Index("ix_attempts_delivery", attempts.c.delivery_id)
+
+
+NOTIFY_CHANNEL = "crosspost_queue"
 
 
 def new_idempotency_key() -> str:
@@ -264,6 +268,7 @@ class Queue:
                 .where(posts.c.id == new.id)
                 .with_for_update()
             ).first()
+            self.notify(conn)
             if existing is None:
                 self._insert(conn, new, now)
                 return AddResult("queued", self._post(conn, new.id))
@@ -326,6 +331,7 @@ class Queue:
                 ).scalars()
             )
             missing = [d for d in new.deliveries if d.target not in present]
+            self.notify(conn)
             if missing:
                 conn.execute(
                     deliveries.insert(),
@@ -343,6 +349,7 @@ class Queue:
                 conn.execute(sa.select(posts.c.id).where(posts.c.id.in_(ids))).scalars()
             )
             fresh = [p for p in batch if p.id not in present]
+            self.notify(conn)
             if not fresh:
                 return 0
             conn.execute(
@@ -518,6 +525,7 @@ class Queue:
                     conn, d, S.SCHEDULED, scheduled_at=now, due_at=now, last_error=None,
                     last_error_kind=None,
                 )
+            self.notify(conn)
             ids = {d.id for d in chosen}
             return [d for d in self._post(conn, post_id).deliveries if d.id in ids]
 
@@ -677,14 +685,34 @@ class Queue:
             )
             return result.rowcount == 1
 
-    def next_due(self) -> datetime | None:
+    def next_due(self, skip_targets: Sequence[str] = ()) -> datetime | None:
+        """When the queue next has something to look at (ignoring `skip_targets`)."""
+        query = sa.select(sa.func.min(deliveries.c.due_at)).where(_is_active)
+        if skip_targets:
+            query = query.where(deliveries.c.target.not_in(list(skip_targets)))
         with self._read() as conn:
-            value = conn.execute(
-                sa.select(sa.func.min(deliveries.c.due_at)).where(_is_active)
-            ).scalar()
-            if value is None:
-                return None
-            return UTCDateTime().process_result_value(value, self.engine.dialect)
+            value: datetime | None = conn.execute(query).scalar()
+            return value
+
+    def notify(self, conn: Connection) -> None:
+        """Tell every listening process that the queue changed (PostgreSQL only)."""
+        if self.is_postgres:
+            conn.execute(sa.text(f"SELECT pg_notify('{NOTIFY_CHANNEL}', '')"))
+
+    def listen(self, on_change: Callable[[], None], stop: threading.Event) -> None:
+        """Call `on_change` whenever another process changes the queue, until `stop`."""
+        import psycopg
+
+        url = self.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        while not stop.is_set():
+            try:
+                with psycopg.connect(url, autocommit=True) as conn:
+                    conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                    while not stop.is_set():
+                        for _ in conn.notifies(timeout=1.0, stop_after=1):
+                            on_change()
+            except psycopg.Error:
+                stop.wait(1.0)  # the server went away: listen again when it is back
 
     def published_copies(self, post_id: str) -> dict[str, str]:
         """Remote URLs of the post's published deliveries, by target."""

@@ -482,8 +482,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--latency", type=float, default=0.0, help="seconds added to each reply")
     parser.add_argument("--token", action="append", help="a valid access token (repeatable)")
     parser.add_argument("--max-characters", type=int, default=500)
+    parser.add_argument(
+        "--requests-per-window", type=int, default=300, help="per token per 5 minutes"
+    )
+    parser.add_argument("--async-media", action="store_true", help="every upload answers 202")
     args = parser.parse_args(argv)
-    fake = FakeMastodon(tokens=args.token or ["test-token"], max_characters=args.max_characters)
+    fake = FakeMastodon(
+        tokens=args.token or ["test-token"],
+        max_characters=args.max_characters,
+        requests_per_window=args.requests_per_window,
+        async_media=args.async_media,
+    )
     fake.latency = args.latency
     running = RunningFake(fake, args.port).start()
     print(f"fake Mastodon on {running.url}", flush=True)
