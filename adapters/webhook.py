@@ -69,7 +69,9 @@ class WebhookAdapter(Adapter):
         )
         languages = list(payload["data"]["languages"])
         composed = {lang: webhook_payload.composed_text(post, name, lang) for lang in languages}
-        language = post.main_language
+        language = post.language_for(name, self.config.languages)
+        if language not in composed:
+            language = post.main_language
         return Rendition(
             post_id=post_id,
             target=name,

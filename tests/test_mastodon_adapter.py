@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import requests
 from crosspost_adapters.mastodon import countable_length
 
 from crosspost.adapter import RenderedMedia
@@ -16,7 +17,7 @@ from crosspost.errors import OutcomeUnknown, Permanent, RateLimited, Transient
 from crosspost.fakes.mastodon import FakeMastodon
 from crosspost.fakes.server import FakePlatform, Reply, Request, RunningFake
 from fakes_mastodon_fixtures import *  # noqa: F403  (the fixtures)
-from fakes_mastodon_fixtures import TOKEN, MakeAdapter, make_post
+from fakes_mastodon_fixtures import TOKEN, MakeAdapter, make_post, mastodon_adapter
 
 PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(64)
 MP4 = b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom" + bytes(64)
@@ -385,3 +386,47 @@ def test_delete(make_mastodon: MakeAdapter, mastodon_fake: FakeMastodon) -> None
     assert mastodon_fake.statuses[0].deleted
     adapter.delete(published.remote_id)  # already gone: fine
     assert [r.method for r in mastodon_fake.requests[-2:]] == ["DELETE", "DELETE"]
+
+
+# --- the fake keeps Mastodon's rules ---------------------------------------------------------
+
+
+def test_fake_enforces_mastodon_rules(
+    mastodon_fake: FakeMastodon, mastodon_server: RunningFake
+) -> None:
+    url, auth = mastodon_server.url, {"Authorization": f"Bearer {TOKEN}"}
+    with requests.Session() as http:
+        anonymous = http.get(f"{url}/api/v1/accounts/verify_credentials")
+        assert anonymous.status_code == 401
+        assert 'error="invalid_token"' in anonymous.headers["WWW-Authenticate"]
+        blank = http.post(f"{url}/api/v1/statuses", data={"status": " "}, headers=auth)
+        assert blank.status_code == 422
+        video = http.post(
+            f"{url}/api/v2/media", files={"file": ("v.mp4", MP4, "video/mp4")}, headers=auth
+        )
+        assert (video.status_code, video.json()["url"]) == (202, None)
+        early = {"status": "too soon", "media_ids[]": video.json()["id"]}
+        unready = http.post(f"{url}/api/v1/statuses", data=early, headers=auth)
+        assert unready.status_code == 422
+        for response in (anonymous, blank, video, unready):
+            assert response.headers["X-RateLimit-Reset"].endswith("Z")
+        assert video.headers["X-RateLimit-Limit"] == "30"
+        assert blank.headers["X-RateLimit-Limit"] == "300"
+    assert mastodon_fake.statuses == []
+
+
+def test_each_token_is_its_own_account() -> None:
+    fake = FakeMastodon(tokens={"token-en": "news", "token-es": "noticias"})
+    with RunningFake(fake) as running:
+        en = mastodon_adapter(running.url, "mastodon-en", token="token-en", max_characters=500)
+        es = mastodon_adapter(running.url, "mastodon-es", token="token-es", max_characters=500)
+        post = make_post(text={"en": "Hello", "es": "Hola"})
+        since = datetime.now(UTC)
+        first = en.publish(en.render(post, "p1"), "same-key")
+        second = es.publish(es.render(post, "p1"), "same-key")  # keys are per account
+        assert first.remote_id != second.remote_id
+        assert second.remote_url is not None
+        assert "/@noticias/" in second.remote_url
+        assert es.lookup(en.render(post, "p1"), "same-key", since) is None
+        es.delete(first.remote_id)  # not its own: Mastodon answers 404
+        assert not fake.statuses[0].deleted

@@ -18,7 +18,8 @@ def grapheme_count(text: str) -> int:
 
 
 def graphemes(text: str) -> list[str]:
-    return _GRAPHEME.findall(text)
+    found: list[str] = _GRAPHEME.findall(text)
+    return found
 
 
 def has_hashtag(text: str, tag: str) -> bool:

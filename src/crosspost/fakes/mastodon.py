@@ -26,7 +26,7 @@ import itertools
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http import HTTPStatus
@@ -44,7 +44,6 @@ _MEDIA_PATH = re.compile(r"^/api/v1/media/(\w+)$")
 _ACCOUNT_STATUSES = re.compile(r"^/api/v1/accounts/(\w+)/statuses$")
 VISIBILITIES = ("public", "unlisted", "private", "direct")
 IDEMPOTENCY_SECONDS = 3600
-ACCOUNT_ID = "110000000000000001"
 
 
 def status_length(text: str, spoiler_text: str) -> int:
@@ -72,6 +71,12 @@ def content_html(text: str) -> str:
     return "".join(f"<p>{p}</p>" for p in rendered)
 
 
+@dataclass(frozen=True)
+class FakeAccount:
+    id: str
+    username: str
+
+
 @dataclass
 class FakeStatus:
     id: str
@@ -84,6 +89,7 @@ class FakeStatus:
     idempotency_key: str | None
     created_at: datetime
     deleted: bool = False
+    account_id: str = ""
 
 
 @dataclass
@@ -95,6 +101,7 @@ class FakeMedia:
     description: str | None
     polls_left: int  # 206 answers still to give before it is processed
     status_id: str | None = None
+    account_id: str = ""
 
     @property
     def ready(self) -> bool:
@@ -123,7 +130,7 @@ class FakeMastodon(FakePlatform):
     def __init__(
         self,
         *,
-        tokens: Iterable[str] = ("test-token",),
+        tokens: Iterable[str] | Mapping[str, str] = ("test-token",),
         username: str = "crosspost",
         max_characters: int = 500,
         max_media_attachments: int = 4,
@@ -137,7 +144,18 @@ class FakeMastodon(FakePlatform):
         clock: Callable[[], float] = time.time,
     ) -> None:
         super().__init__()
-        self.tokens = set(tokens)
+        # Each token is its own account: a mapping names them (token -> username), else the
+        # first is `username` and the others `username2`, `username3`...
+        names = (
+            dict(tokens)
+            if isinstance(tokens, Mapping)
+            else {t: username + (str(n) if n > 1 else "") for n, t in enumerate(tokens, 1)}
+        )
+        self.accounts = {
+            token: FakeAccount(str(110000000000000000 + n), name)
+            for n, (token, name) in enumerate(names.items(), 1)
+        }
+        self._accounts_by_id = {a.id: a for a in self.accounts.values()}
         self.username = username
         self.max_characters = max_characters
         self.max_media_attachments = max_media_attachments
@@ -153,7 +171,7 @@ class FakeMastodon(FakePlatform):
         self.media: dict[str, FakeMedia] = {}
         self.faults: list[Fault] = []
         self._by_id: dict[str, FakeStatus] = {}
-        self._keys: dict[str, tuple[str, float]] = {}
+        self._keys: dict[tuple[str, str], tuple[str, float]] = {}
         self._windows: dict[tuple[str, str], _Window] = {}
         self._ids = itertools.count(1)
 
@@ -218,7 +236,8 @@ class FakeMastodon(FakePlatform):
         if request.method == "GET" and path == "/api/v2/instance":
             return Reply(200, self._instance(request), self._rate_headers(request)[0])
         headers, over = self._rate_headers(request)
-        if self._token(request) not in self.tokens:
+        account = self.accounts.get(self._token(request) or "")
+        if account is None:
             return Reply(
                 401,
                 {"error": "The access token is invalid"},
@@ -230,21 +249,21 @@ class FakeMastodon(FakePlatform):
             )
         if over:
             return Reply(429, {"error": "Too many requests"}, headers)
-        status, body = self._route(request, path)
+        status, body = self._route(request, path, account)
         return Reply(status, body, headers)
 
-    def _route(self, request: Request, path: str) -> tuple[int, Any]:
+    def _route(self, request: Request, path: str, account: FakeAccount) -> tuple[int, Any]:
         method = request.method
         if method == "POST" and path == "/api/v1/statuses":
-            return self._create_status(request)
+            return self._create_status(request, account)
         if method == "POST" and path == "/api/v2/media":
-            return self._upload(request)
+            return self._upload(request, account)
         if method == "GET" and path == "/api/v1/accounts/verify_credentials":
-            return 200, self._account(request)
+            return 200, self._account_json(request, account)
         if method == "GET" and (match := _ACCOUNT_STATUSES.match(path)):
             return self._account_statuses(request, match.group(1))
         if method == "GET" and (match := _MEDIA_PATH.match(path)):
-            return self._poll_media(request, match.group(1))
+            return self._poll_media(request, match.group(1), account)
         if match := _STATUS_PATH.match(path):
             status = self._by_id.get(match.group(1))
             if status is None or status.deleted:
@@ -252,18 +271,20 @@ class FakeMastodon(FakePlatform):
             if method == "GET":
                 return 200, self._status_json(request, status)
             if method == "DELETE":
+                if status.account_id != account.id:  # only one's own
+                    return 404, {"error": "Record not found"}
                 status.deleted = True
                 return 200, {**self._status_json(request, status), "text": status.text}
         return 404, {"error": "Not Found"}
 
     # --- statuses ----------------------------------------------------------------------------
 
-    def _create_status(self, request: Request) -> tuple[int, Any]:
+    def _create_status(self, request: Request, account: FakeAccount) -> tuple[int, Any]:
         form = request.form()
         key = request.headers.get("idempotency-key")
         now = self.clock()
         if key:
-            earlier = self._keys.get(key)
+            earlier = self._keys.get((account.id, key))
             if earlier is not None and now - earlier[1] < IDEMPOTENCY_SECONDS:
                 return 200, self._status_json(request, self._by_id[earlier[0]])
 
@@ -286,7 +307,7 @@ class FakeMastodon(FakePlatform):
             return 422, {"error": f"Cannot attach more than {self.max_media_attachments} files"}
         for media_id in media_ids:
             media = self.media.get(media_id)
-            if media is None or media.status_id is not None:
+            if media is None or media.account_id != account.id or media.status_id is not None:
                 return 422, {"error": f"Validation failed: Media {media_id} does not exist"}
             if not media.ready:
                 return 422, {
@@ -303,24 +324,28 @@ class FakeMastodon(FakePlatform):
             media_ids=list(media_ids),
             idempotency_key=key,
             created_at=datetime.fromtimestamp(now, UTC),
+            account_id=account.id,
         )
         for media_id in media_ids:
             self.media[media_id].status_id = status.id
         self.statuses.append(status)
         self._by_id[status.id] = status
         if key:
-            self._keys[key] = (status.id, now)
+            self._keys[(account.id, key)] = (status.id, now)
         return 200, self._status_json(request, status)
 
     def _account_statuses(self, request: Request, account_id: str) -> tuple[int, Any]:
-        if account_id != ACCOUNT_ID:
+        if account_id not in self._accounts_by_id:
             return 404, {"error": "Record not found"}
-        limit = min(int(request.query.get("limit", ["20"])[0]), 40)
-        newest = [s for s in reversed(self.statuses) if not s.deleted][:limit]
+        asked = request.query.get("limit", ["20"])[0]
+        limit = min(int(asked), 40) if asked.isdigit() else 20
+        mine = (s for s in reversed(self.statuses) if s.account_id == account_id)
+        newest = [s for s in mine if not s.deleted][:limit]
         return 200, [self._status_json(request, s) for s in newest]
 
     def _status_json(self, request: Request, status: FakeStatus) -> dict[str, Any]:
         base = self._base(request)
+        account = self._accounts_by_id[status.account_id]
         return {
             "id": status.id,
             "created_at": status.created_at.isoformat(timespec="milliseconds").replace(
@@ -332,10 +357,10 @@ class FakeMastodon(FakePlatform):
             "spoiler_text": status.spoiler_text,
             "visibility": status.visibility,
             "language": status.language,
-            "uri": f"{base}/users/{self.username}/statuses/{status.id}",
-            "url": f"{base}/@{self.username}/{status.id}",
+            "uri": f"{base}/users/{account.username}/statuses/{status.id}",
+            "url": f"{base}/@{account.username}/{status.id}",
             "content": content_html(status.text),
-            "account": self._account(request),
+            "account": self._account_json(request, account),
             "media_attachments": [
                 self._media_json(request, self.media[m]) for m in status.media_ids
             ],
@@ -349,7 +374,7 @@ class FakeMastodon(FakePlatform):
 
     # --- media -------------------------------------------------------------------------------
 
-    def _upload(self, request: Request) -> tuple[int, Any]:
+    def _upload(self, request: Request, account: FakeAccount) -> tuple[int, Any]:
         parts = _multipart(request)
         if "file" not in parts:
             return 422, {"error": "Validation failed: File can't be blank"}
@@ -370,13 +395,14 @@ class FakeMastodon(FakePlatform):
             size=len(content),
             description=description,
             polls_left=self.processing_polls if processing else 0,
+            account_id=account.id,
         )
         self.media[media.id] = media
         return (202 if processing else 200), self._media_json(request, media)
 
-    def _poll_media(self, request: Request, media_id: str) -> tuple[int, Any]:
+    def _poll_media(self, request: Request, media_id: str, account: FakeAccount) -> tuple[int, Any]:
         media = self.media.get(media_id)
-        if media is None:
+        if media is None or media.account_id != account.id:
             return 404, {"error": "Record not found"}
         if not media.ready:
             media.polls_left -= 1
@@ -417,12 +443,12 @@ class FakeMastodon(FakePlatform):
             "api_versions": {"mastodon": 11},
         }
 
-    def _account(self, request: Request) -> dict[str, Any]:
+    def _account_json(self, request: Request, account: FakeAccount) -> dict[str, Any]:
         return {
-            "id": ACCOUNT_ID,
-            "username": self.username,
-            "acct": self.username,
-            "url": f"{self._base(request)}/@{self.username}",
+            "id": account.id,
+            "username": account.username,
+            "acct": account.username,
+            "url": f"{self._base(request)}/@{account.username}",
         }
 
     def _rate_headers(self, request: Request, *, count: bool = True) -> tuple[dict[str, str], bool]:
