@@ -120,6 +120,7 @@ class FacebookAdapter(Adapter):
             post.text_for(target.name, language),
             post.links,
             post.hashtags_for(language, target.name),
+            language,
         )
         shortened = False
         if target.shorten and target.mirror_url and self.count(message) > self.max_length:

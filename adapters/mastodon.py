@@ -126,7 +126,7 @@ class MastodonAdapter(Adapter):
         name = self.target.name
         language = post.language_for(name, self.target.languages)
         body = post.text_for(name, language)
-        text = rendering.compose(body, post.links, post.hashtags_for(language, name))
+        text = rendering.compose(body, post.links, post.hashtags_for(language, name), language)
         spoiler = post.content_warning or ""
         limit = self.target.max_characters or self.instance_limits().max_characters
 

@@ -16,8 +16,9 @@ from typing import Any, NoReturn, TextIO
 from crosspost.campaigns import campaign_table, load_campaigns
 from crosspost.delivery import Delivery, DeliveryState, PostRecord
 from crosspost.errors import ConfigError, CrosspostError, InputError, Problem
-from crosspost.intake import Checked, Intake
-from crosspost.postfile import read_post_file
+from crosspost.intake import Checked, Intake, with_year
+from crosspost.post import Post
+from crosspost.postfile import SUFFIXES, read_post_file
 from crosspost.queue import Queue
 from crosspost.settings import Settings, load_settings
 from crosspost.targets import Targets, load_targets
@@ -73,15 +74,36 @@ class App:
             self._queue.close()
 
 
-def _check_files(app: App, files: Sequence[Path]) -> list[Checked]:
+def _expand(paths: Sequence[Path]) -> list[Path]:
+    """Files as given; a folder stands for the post files directly in it."""
+    found: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found.extend(sorted(p for p in path.iterdir() if p.suffix.lower() in SUFFIXES))
+        else:
+            found.append(path)
+    return found
+
+
+def _right_away(post: Post, now: datetime) -> Post:
+    """The post set to go out now (`add --now`), its `{year}` filled with this year."""
+    if post.campaign:
+        post = with_year(post, now.year)
+    return post.model_copy(update={"publish_at": None, "publish_now": True, "campaign": None})
+
+
+def _check_files(app: App, files: Sequence[Path], now_: bool = False) -> list[Checked]:
     """Every file read and checked; all problems of all files raised together."""
     intake = app.intake()
     now = datetime.now(UTC)
     checked: list[Checked] = []
     problems: list[Problem] = []
-    for path in files:
+    for path in _expand(files):
         try:
-            checked.append(intake.check(read_post_file(path), path.name, now))
+            post = read_post_file(path)
+            if now_:
+                post = _right_away(post, now)
+            checked.append(intake.check(post, path.name, now))
         except InputError as exc:
             problems.extend(exc.problems)
     for item in checked:
@@ -92,7 +114,7 @@ def _check_files(app: App, files: Sequence[Path]) -> list[Checked]:
 
 
 def cmd_add(app: App, args: argparse.Namespace) -> int:
-    checked = _check_files(app, args.files)
+    checked = _check_files(app, args.files, now_=args.now)
     now = datetime.now(UTC)
     results = [app.queue.add(item.new_post(), now) for item in checked]
     if args.json:
@@ -112,7 +134,7 @@ def cmd_preview(app: App, args: argparse.Namespace) -> int:
     intake = app.intake()
     now = datetime.now(UTC)
     failed = False
-    for path in args.files:
+    for path in _expand(args.files):
         try:
             item = intake.check(read_post_file(path), path.name, now)
         except InputError as exc:
@@ -280,6 +302,11 @@ def build_parser() -> argparse.ArgumentParser:
     add = command("add", cmd_add, "Validate post files, then queue them.")
     add.add_argument("files", nargs="+", type=Path, metavar="FILE")
     add.add_argument("--json", action="store_true", help="print the queued posts as JSON")
+    add.add_argument(
+        "--now",
+        action="store_true",
+        help="publish at once, whatever time or campaign the file names (to try things out)",
+    )
     preview = command("preview", cmd_preview, "Show each target's rendition and its problems.")
     preview.add_argument("files", nargs="+", type=Path, metavar="FILE")
     listing = command("list", cmd_list, "List posts, newest first.")
@@ -318,6 +345,9 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     try:
         code: int = args.handler(app, args)
         return code
+    except BrokenPipeError:  # `crosspost preview … | head`
+        sys.stderr.close()
+        return EXIT_OK
     except ConfigError as exc:
         print(f"crosspost: configuration: {exc}", file=sys.stderr)
         return EXIT_INPUT

@@ -84,7 +84,16 @@ class Link(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     url: HttpUrl
-    title: str | None = None
+    title: str | dict[LanguageTag, str] | None = None
+
+    def title_for(self, language: str | None) -> str | None:
+        """The title in `language`, else the first one given (a plain title is every
+        language's)."""
+        if not isinstance(self.title, dict):
+            return self.title
+        if language in self.title:
+            return self.title[language]
+        return next(iter(self.title.values()), None)
 
 
 class Media(BaseModel):

@@ -32,19 +32,24 @@ def missing_hashtags(text: str, tags: Sequence[str]) -> list[str]:
     return [tag for tag in tags if not has_hashtag(text, tag)]
 
 
-def link_lines(text: str, links: Sequence[Link]) -> list[str]:
+def link_lines(text: str, links: Sequence[Link], language: str | None = None) -> list[str]:
     """A line per link whose URL the text does not already carry: `title: url` or `url`."""
-    return [
-        f"{link.title}: {link.url}" if link.title else link.url
-        for link in links
-        if link.url not in text
-    ]
+    lines = []
+    for link in links:
+        if link.url in text:
+            continue
+        title = link.title_for(language)
+        lines.append(f"{title}: {link.url}" if title else link.url)
+    return lines
 
 
-def compose(body: str, links: Sequence[Link], hashtags: Sequence[str]) -> str:
-    """The body, then the links it lacks, then the hashtags it lacks, each block on its own."""
+def compose(
+    body: str, links: Sequence[Link], hashtags: Sequence[str], language: str | None = None
+) -> str:
+    """The body, then the links it lacks (titled in `language`), then the hashtags it lacks,
+    each block on its own."""
     blocks = [body.rstrip()]
-    lines = link_lines(body, links)
+    lines = link_lines(body, links, language)
     if lines:
         blocks.append("\n".join(lines))
     tags = missing_hashtags(body, hashtags)

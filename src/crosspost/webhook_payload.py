@@ -78,7 +78,9 @@ def payload_languages(post: Post, target: str | None, chosen: Iterable[str]) -> 
 def composed_text(post: Post, target: str | None, language: str) -> str:
     """The text with the links and hashtags it lacks appended, as every target shows it."""
     name = target or ""
-    return compose(post.text_for(name, language), post.links, post.hashtags_for(language, target))
+    return compose(
+        post.text_for(name, language), post.links, post.hashtags_for(language, target), language
+    )
 
 
 def render_html(text: str, hashtag_base: str = DEFAULT_HASHTAG_BASE) -> str:
@@ -182,7 +184,9 @@ def build_payload(
             for lang in chosen
             if post.language_hashtags.get(lang)
         },
-        "links": [{"url": link.url, "title": link.title} for link in post.links],
+        "links": [
+            {"url": link.url, "title": link.title_for(post.main_language)} for link in post.links
+        ],
         "media": [_media_item(media, post, chosen) for media in post.media],
         "publish_at": utc_iso(post.publish_at) if post.publish_at else None,
         "campaign": post.campaign,

@@ -1,6 +1,6 @@
 """A fake Mastodon server that enforces the rules crosspost relies on.
 
-Bearer tokens (401 with `WWW-Authenticate` otherwise), the instance's limits
+Bearer tokens, each its own account (401 with `WWW-Authenticate` otherwise), the instance's limits
 (`/api/v2/instance`), status length by Mastodon's counting (URLs 23, remote mentions as their
 local part, grapheme clusters, spoiler plus text), `Idempotency-Key` (the same status for a
 repeated key within an hour), asynchronous media (202, then 206 until processed, then 200;
