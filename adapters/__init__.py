@@ -1,1 +1,5 @@
-"""crosspost's platform adapters: one small module per platform (installed as crosspost_adapters)."""
+"""crosspost's platform adapters: one small module per platform.
+
+Installed as the package `crosspost_adapters`; registered under the entry-point group
+`crosspost.adapters`.
+"""

@@ -274,9 +274,10 @@ def post_body(marker: int, targets: Sequence[str]) -> dict[str, Any]:
     ).canonical_json()
 
 
-def new_post(marker: int, targets: Sequence[str], at: datetime) -> NewPost:
+def new_post(marker: int, targets: Sequence[str], at: datetime, run: str = "") -> NewPost:
+    """A post due at `at` on every target; `run` keeps ids unique across runs on one database."""
     return NewPost(
-        id=f"bench-{marker}",
+        id=f"bench-{marker}-{run}" if run else f"bench-{marker}",
         source="benchmark",
         body=post_body(marker, targets),
         campaign=None,

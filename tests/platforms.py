@@ -55,23 +55,20 @@ def targets_yaml(urls: dict[str, str], extra: str = FAST_RETRY, concurrency: int
         "  facebook-page:\n"
         "    platform: facebook\n"
         f"    base_url: {urls['graph']}\n"
-        f"    page_id: \"{PAGE_ID}\"\n"
+        f'    page_id: "{PAGE_ID}"\n'
         "    token_env: TEST_FACEBOOK_TOKEN\n"
         "    languages: [en]\n"
-        "    timezone: Europe/Brussels\n" + common +
-        "  mastodon-en:\n"
+        "    timezone: Europe/Brussels\n" + common + "  mastodon-en:\n"
         "    platform: mastodon\n"
         f"    base_url: {urls['mastodon']}\n"
         "    token_env: TEST_MASTODON_EN_TOKEN\n"
         "    languages: [en]\n"
-        "    timezone: Europe/Brussels\n" + common +
-        "  mastodon-es:\n"
+        "    timezone: Europe/Brussels\n" + common + "  mastodon-es:\n"
         "    platform: mastodon\n"
         f"    base_url: {urls['mastodon']}\n"
         "    token_env: TEST_MASTODON_ES_TOKEN\n"
         "    languages: [es]\n"
-        "    timezone: America/Santiago\n" + common +
-        "  website:\n"
+        "    timezone: America/Santiago\n" + common + "  website:\n"
         "    platform: webhook\n"
         f"    url: {urls['website']}/crosspost/hook\n"
         "    secret_env: TEST_WEBSITE_SECRET\n"

@@ -121,7 +121,7 @@ def test_every_platform_is_registered() -> None:
 
 
 def test_render_picks_the_language_keeps_links_and_tags_hashtags_once(case) -> None:
-    made, adapter = case
+    _, adapter = case
     rendition = adapter.render(POST, "contract")
     assert rendition.language == "es"
     assert rendition.target == adapter.config.name
@@ -133,7 +133,7 @@ def test_render_picks_the_language_keeps_links_and_tags_hashtags_once(case) -> N
 
 
 def test_validate_reports_how_far_over_the_limit(case) -> None:
-    made, adapter = case
+    _, adapter = case
     if adapter.max_length > 100_000:
         pytest.skip("the website takes any length: no limit to exceed")
     long = POST.model_copy(update={"text": {"es": "palabra " * (adapter.max_length // 4)}})

@@ -22,8 +22,12 @@ S = DeliveryState
 NOW = datetime(2027, 3, 8, 8, 0, tzinfo=UTC)
 
 
-def new_post(post_id: str = "p1", body: dict | None = None, at: datetime = NOW,
-             targets: tuple[str, ...] = ("mastodon-en", "website")) -> NewPost:
+def new_post(
+    post_id: str = "p1",
+    body: dict | None = None,
+    at: datetime = NOW,
+    targets: tuple[str, ...] = ("mastodon-en", "website"),
+) -> NewPost:
     return NewPost(
         id=post_id,
         source="p.yaml",
@@ -103,7 +107,9 @@ def test_retry_waiting_comes_back_at_its_time(queue: Queue) -> None:
     c = queue.claim_due("w", NOW, NOW + timedelta(minutes=1), 1)[0]
     retry_at = NOW + timedelta(seconds=40)
     assert queue.finish(
-        c.delivery.id, c.fence, S.RETRY_WAITING,
+        c.delivery.id,
+        c.fence,
+        S.RETRY_WAITING,
         attempt("transient", http_status=503, error_kind="transient", error_message="503"),
         due_at=retry_at,
     )
@@ -116,9 +122,14 @@ def test_retry_waiting_comes_back_at_its_time(queue: Queue) -> None:
 def test_cancel_and_retry(queue: Queue) -> None:
     queue.add(new_post(), NOW)
     c = queue.claim_due("w", NOW, NOW + timedelta(minutes=1), 1)[0]
-    queue.finish(c.delivery.id, c.fence, S.FAILED,
-                 attempt("permanent", http_status=401, error_kind="permanent",
-                         error_message="401 invalid token"))
+    queue.finish(
+        c.delivery.id,
+        c.fence,
+        S.FAILED,
+        attempt(
+            "permanent", http_status=401, error_kind="permanent", error_message="401 invalid token"
+        ),
+    )
     cancelled = queue.cancel("p1")
     assert [d.state for d in cancelled] == [S.CANCELLED]
     with pytest.raises(Conflict):
@@ -135,8 +146,12 @@ def test_retry_never_republishes_a_published_target(queue: Queue) -> None:
     queue.add(new_post(), NOW)
     first, second = queue.claim_due("w", NOW, NOW + timedelta(minutes=1), 2)
     queue.finish(first.delivery.id, first.fence, S.PUBLISHED, attempt(remote_id="1"))
-    queue.finish(second.delivery.id, second.fence, S.FAILED,
-                 attempt("permanent", error_kind="permanent", error_message="no"))
+    queue.finish(
+        second.delivery.id,
+        second.fence,
+        S.FAILED,
+        attempt("permanent", error_kind="permanent", error_message="no"),
+    )
     retried = queue.retry("p1", NOW)
     assert [d.target for d in retried] == [second.delivery.target]
     states = {d.target: d.state for d in queue.get("p1").deliveries}
@@ -169,9 +184,7 @@ def test_due_index_is_a_range_scan(queue: Queue) -> None:
             conn.execute(sa.text("SET enable_seqscan = off"))
             plan = "\n".join(r[0] for r in conn.execute(sa.text("EXPLAIN " + sql)))
         else:
-            plan = "\n".join(
-                str(r[-1]) for r in conn.execute(sa.text("EXPLAIN QUERY PLAN " + sql))
-            )
+            plan = "\n".join(str(r[-1]) for r in conn.execute(sa.text("EXPLAIN QUERY PLAN " + sql)))
     assert "ix_deliveries_due" in plan
 
 

@@ -74,7 +74,11 @@ def test_examples_are_published_once_to_every_target(
         service.stop(grace=5)
     record = queue.get(post_id)
     assert {d.target for d in record.deliveries} == {
-        "facebook-page", "mastodon-en", "mastodon-es", "website"}
+        "facebook-page",
+        "mastodon-en",
+        "mastodon-es",
+        "website",
+    }
     assert all(d.remote_id for d in record.deliveries)
     languages = sorted(s.language for s in platforms.mastodon.statuses)
     assert languages == ["en", "es"]

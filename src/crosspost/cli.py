@@ -210,16 +210,20 @@ def cmd_show(app: App, args: argparse.Namespace) -> int:
         return EXIT_OK
     app.print(f"{record.id} ({record.source}) — {record.state}")
     for d in record.deliveries:
-        app.print(f"  {d.target}: {d.state}, due {app.local_time(d.target, d.due_at)},"
-                  f" {d.attempts} attempt(s)")
+        app.print(
+            f"  {d.target}: {d.state}, due {app.local_time(d.target, d.due_at)},"
+            f" {d.attempts} attempt(s)"
+        )
         if d.remote_url:
             app.print(f"    {d.remote_url}")
         if d.last_error:
             app.print(f"    last error ({d.last_error_kind}): {d.last_error}")
         for a in app.queue.attempts(d.id):
             detail = a.error_message or a.remote_url or ""
-            app.print(f"    - {a.started_at:%Y-%m-%d %H:%M:%S}Z {a.outcome}"
-                      f" {a.http_status or ''} {a.duration_ms}ms {detail}")
+            app.print(
+                f"    - {a.started_at:%Y-%m-%d %H:%M:%S}Z {a.outcome}"
+                f" {a.http_status or ''} {a.duration_ms}ms {detail}"
+            )
     return EXIT_OK
 
 
@@ -231,7 +235,9 @@ def cmd_cancel(app: App, args: argparse.Namespace) -> int:
 
 def cmd_retry(app: App, args: argparse.Namespace) -> int:
     for d in app.queue.retry(args.id, datetime.now(UTC), target=args.target):
-        app.print(f"{args.id}: {d.target} scheduled again, due {app.local_time(d.target, d.due_at)}")
+        app.print(
+            f"{args.id}: {d.target} scheduled again, due {app.local_time(d.target, d.due_at)}"
+        )
     return EXIT_OK
 
 
@@ -324,9 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     retry.add_argument("id")
     retry.add_argument("--target")
     run = command("run", cmd_run, "Run the scheduler and workers until stopped.")
-    run.add_argument(
-        "--until-idle", action="store_true", help="publish what is due, then exit"
-    )
+    run.add_argument("--until-idle", action="store_true", help="publish what is due, then exit")
     campaigns = command("campaigns", cmd_campaigns, "List campaigns and their next instants.")
     campaigns.add_argument("--json", action="store_true")
     db = command("db", cmd_db, "Database maintenance.")

@@ -89,9 +89,7 @@ class Transient(PublishError):
 class RateLimited(PublishError):
     """The platform asked us to wait; `retry_at` is the earliest moment to send again (UTC)."""
 
-    def __init__(
-        self, message: str, *, retry_at: datetime, http_status: int | None = None
-    ) -> None:
+    def __init__(self, message: str, *, retry_at: datetime, http_status: int | None = None) -> None:
         super().__init__(message, http_status=http_status)
         self.retry_at = retry_at
 

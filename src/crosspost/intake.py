@@ -51,9 +51,9 @@ class Checked:
 def derived_post_id(post: Post, source: str) -> str:
     """An id for a post file without one: its name and a digest of its content, so adding the
     same file twice queues it once."""
-    digest = hashlib.sha256(
-        json.dumps(post.canonical_json(), sort_keys=True).encode()
-    ).hexdigest()[:10]
+    digest = hashlib.sha256(json.dumps(post.canonical_json(), sort_keys=True).encode()).hexdigest()[
+        :10
+    ]
     stem = "".join(c if c.isalnum() or c in "-_" else "-" for c in source.rsplit(".", 1)[0])
     return f"{stem.strip('-')[:80] or 'post'}-{digest}"
 

@@ -222,7 +222,9 @@ class Post(BaseModel):
             try:
                 ZoneInfo(value)
             except (ZoneInfoNotFoundError, ValueError):
-                raise ValueError(f"{value!r} is not an IANA time zone (e.g. Europe/Brussels)")
+                raise ValueError(
+                    f"{value!r} is not an IANA time zone (e.g. Europe/Brussels)"
+                ) from None
         return value
 
     @field_validator("targets")
@@ -276,9 +278,7 @@ class Post(BaseModel):
             if given
         ]
         if not chosen:
-            raise ValueError(
-                "say when: give `publish_at` (a time, or `now`) or a `campaign`"
-            )
+            raise ValueError("say when: give `publish_at` (a time, or `now`) or a `campaign`")
         if len(chosen) > 1:
             raise ValueError(f"give only one of {' and '.join(chosen)}")
         for target, override in self.overrides.items():

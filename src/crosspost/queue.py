@@ -58,9 +58,7 @@ class UTCDateTime(sa.types.TypeDecorator[datetime]):
         value = value.astimezone(UTC)
         return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
 
-    def process_result_value(
-        self, value: datetime | None, dialect: sa.Dialect
-    ) -> datetime | None:
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
         if value is None:
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
@@ -312,7 +310,9 @@ class Queue:
                         last_error_kind=None,
                     )
                 else:
-                    conn.execute(deliveries.insert(), [self._delivery_row(new.id, target, scheduled_at)])
+                    conn.execute(
+                        deliveries.insert(), [self._delivery_row(new.id, target, scheduled_at)]
+                    )
             return AddResult("updated", self._post(conn, new.id))
 
     def ensure(self, new: NewPost, now: datetime) -> AddResult:
@@ -345,9 +345,7 @@ class Queue:
             return 0
         with self._write() as conn:
             ids = [p.id for p in batch]
-            present = set(
-                conn.execute(sa.select(posts.c.id).where(posts.c.id.in_(ids))).scalars()
-            )
+            present = set(conn.execute(sa.select(posts.c.id).where(posts.c.id.in_(ids))).scalars())
             fresh = [p for p in batch if p.id not in present]
             self.notify(conn)
             if not fresh:
@@ -389,7 +387,9 @@ class Queue:
                 )
             )
         except IntegrityError:
-            raise Conflict(f"post {new.id!r} was added at the same moment by another process")
+            raise Conflict(
+                f"post {new.id!r} was added at the same moment by another process"
+            ) from None
         conn.execute(
             deliveries.insert(),
             [self._delivery_row(new.id, d.target, d.scheduled_at) for d in new.deliveries],
@@ -418,9 +418,7 @@ class Queue:
         if row is None:
             raise NotFound(f"no post with id {post_id!r}")
         found = conn.execute(
-            sa.select(deliveries)
-            .where(deliveries.c.post_id == post_id)
-            .order_by(deliveries.c.id)
+            sa.select(deliveries).where(deliveries.c.post_id == post_id).order_by(deliveries.c.id)
         )
         return self._record(row, tuple(map(_delivery, found)))
 
@@ -522,7 +520,12 @@ class Queue:
                 )
             for d in chosen:
                 self._set_state(
-                    conn, d, S.SCHEDULED, scheduled_at=now, due_at=now, last_error=None,
+                    conn,
+                    d,
+                    S.SCHEDULED,
+                    scheduled_at=now,
+                    due_at=now,
+                    last_error=None,
                     last_error_kind=None,
                 )
             self.notify(conn)
@@ -670,9 +673,7 @@ class Queue:
             if result.rowcount != 1:
                 return False
             if attempt is not None:
-                conn.execute(
-                    attempts.insert().values(delivery_id=delivery_id, **attempt.__dict__)
-                )
+                conn.execute(attempts.insert().values(delivery_id=delivery_id, **attempt.__dict__))
             return True
 
     def mark_maybe_landed(self, delivery_id: int, fence: int) -> bool:

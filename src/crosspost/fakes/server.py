@@ -8,6 +8,7 @@ Faults are injected per fake: a fake's `handle` may return `Reply(..., fault=...
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
@@ -86,10 +87,8 @@ class _Handler(BaseHTTPRequestHandler):
             time.sleep(pause)
         if reply.fault in ("reset", "hang"):
             self.close_connection = True
-            try:
+            with contextlib.suppress(OSError):
                 self.connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
             return
         payload = reply.body if isinstance(reply.body, bytes) else json.dumps(reply.body).encode()
         self.send_response(reply.status)

@@ -17,7 +17,13 @@ branch_labels = None
 depends_on = None
 
 STATES = (
-    "scheduled", "claimed", "published", "retry-waiting", "failed", "needs-review", "cancelled",
+    "scheduled",
+    "claimed",
+    "published",
+    "retry-waiting",
+    "failed",
+    "needs-review",
+    "cancelled",
     "missed",
 )
 ACTIVE = "state IN ('claimed', 'retry-waiting', 'scheduled')"
@@ -39,7 +45,9 @@ def upgrade() -> None:
         "deliveries",
         sa.Column("id", Id, primary_key=True, autoincrement=True),
         sa.Column(
-            "post_id", sa.String(100), sa.ForeignKey("posts.id", ondelete="CASCADE"),
+            "post_id",
+            sa.String(100),
+            sa.ForeignKey("posts.id", ondelete="CASCADE"),
             nullable=False,
         ),
         sa.Column("target", sa.String(100), nullable=False),
@@ -63,15 +71,20 @@ def upgrade() -> None:
         ),
     )
     op.create_index(
-        "ix_deliveries_due", "deliveries", ["due_at"],
-        sqlite_where=sa.text(ACTIVE), postgresql_where=sa.text(ACTIVE),
+        "ix_deliveries_due",
+        "deliveries",
+        ["due_at"],
+        sqlite_where=sa.text(ACTIVE),
+        postgresql_where=sa.text(ACTIVE),
     )
     op.create_index("ix_deliveries_target_state", "deliveries", ["target", "state"])
     op.create_table(
         "attempts",
         sa.Column("id", Id, primary_key=True, autoincrement=True),
         sa.Column(
-            "delivery_id", Id, sa.ForeignKey("deliveries.id", ondelete="CASCADE"),
+            "delivery_id",
+            Id,
+            sa.ForeignKey("deliveries.id", ondelete="CASCADE"),
             nullable=False,
         ),
         sa.Column("started_at", UTCDateTime, nullable=False),
