@@ -258,11 +258,12 @@ def settings(database_url: str, workers: int) -> Settings:
 # -- posts ----------------------------------------------------------------------------------
 
 
-def post_body(marker: int, targets: Sequence[str]) -> dict[str, Any]:
+def post_body(post_id: str, marker: int, targets: Sequence[str], at: datetime) -> dict[str, Any]:
     """A realistic post (text, hashtags, a link) whose text carries `bench-<marker>`."""
     return Post.model_validate(
         {
-            "id": f"bench-{marker}",
+            "id": post_id,
+            "publish_at": at.isoformat(),
             "text": {
                 "en": f"Campaign update bench-{marker}: every person has the right to life,"
                 " liberty and security of person. Read more and share.",
@@ -276,10 +277,11 @@ def post_body(marker: int, targets: Sequence[str]) -> dict[str, Any]:
 
 def new_post(marker: int, targets: Sequence[str], at: datetime, run: str = "") -> NewPost:
     """A post due at `at` on every target; `run` keeps ids unique across runs on one database."""
+    post_id = f"bench-{marker}-{run}" if run else f"bench-{marker}"
     return NewPost(
-        id=f"bench-{marker}-{run}" if run else f"bench-{marker}",
+        id=post_id,
         source="benchmark",
-        body=post_body(marker, targets),
+        body=post_body(post_id, marker, targets, at),
         campaign=None,
         deliveries=tuple(NewDelivery(t, at) for t in targets),
     )
