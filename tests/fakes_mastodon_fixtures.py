@@ -9,12 +9,12 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from crosspost_adapters.mastodon import MastodonAdapter, MastodonTarget
 from pydantic import SecretStr
 
 from crosspost.fakes.mastodon import FakeMastodon
 from crosspost.fakes.server import RunningFake
 from crosspost.post import Post
+from crosspost_adapters.mastodon import MastodonAdapter, MastodonTarget
 
 __all__ = ["make_mastodon", "mastodon_fake", "mastodon_server"]
 

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from crosspost_adapters.facebook import FacebookAdapter, FacebookTarget, read_usage
 from pydantic import SecretStr
 
 from crosspost.adapter import Published
@@ -19,6 +18,7 @@ from crosspost.errors import OutcomeUnknown, Permanent, RateLimited, Transient
 from crosspost.fakes.facebook import FakeGraph
 from crosspost.fakes.server import RunningFake
 from crosspost.post import Post
+from crosspost_adapters.facebook import FacebookAdapter, FacebookTarget, read_usage
 
 TOKEN = "EAAB-test-page-token-1234567890"
 PAGE = "123456789"

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 import requests
-from crosspost_adapters.mastodon import countable_length
 
 from crosspost.adapter import RenderedMedia
 from crosspost.errors import OutcomeUnknown, Permanent, RateLimited, Transient
 from crosspost.fakes.mastodon import FakeMastodon
 from crosspost.fakes.server import FakePlatform, Reply, Request, RunningFake
+from crosspost_adapters.mastodon import countable_length
 from fakes_mastodon_fixtures import *  # noqa: F403  (the fixtures)
 from fakes_mastodon_fixtures import TOKEN, MakeAdapter, make_post, mastodon_adapter
 

@@ -12,11 +12,11 @@ from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 import yaml
-from crosspost_adapters.mastodon import MastodonAdapter, parse_reset
 
 from crosspost.adapter import RenderedMedia, Rendition
 from crosspost.errors import Permanent
 from crosspost.fakes.server import FakePlatform, Reply, Request, RunningFake
+from crosspost_adapters.mastodon import MastodonAdapter, parse_reset
 from fakes_mastodon_fixtures import TOKEN, mastodon_adapter
 
 

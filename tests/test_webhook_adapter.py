@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 import requests
-from crosspost_adapters.webhook import WebhookAdapter, WebhookTarget
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
@@ -34,6 +33,7 @@ from crosspost.webhook_payload import (
     schema_problems,
     verify_and_parse,
 )
+from crosspost_adapters.webhook import WebhookAdapter, WebhookTarget
 
 # A tiny PNG: the signature is what the post's media check sniffs.
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR" + bytes(64)
