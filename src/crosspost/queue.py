@@ -447,16 +447,18 @@ class Queue:
         offset: int = 0,
     ) -> list[PostRecord]:
         """Posts, newest first, that have a delivery matching every filter given."""
-        match = sa.select(deliveries.c.post_id)
+        conditions = []
         if state is not None:
-            match = match.where(deliveries.c.state == str(state))
+            conditions.append(deliveries.c.state == str(state))
         if target is not None:
-            match = match.where(deliveries.c.target == target)
+            conditions.append(deliveries.c.target == target)
         if since is not None:
-            match = match.where(deliveries.c.scheduled_at >= since)
+            conditions.append(deliveries.c.scheduled_at >= since)
         if until is not None:
-            match = match.where(deliveries.c.scheduled_at < until)
-        query = sa.select(posts).where(posts.c.id.in_(match))
+            conditions.append(deliveries.c.scheduled_at < until)
+        query = sa.select(posts)
+        if conditions:
+            query = query.where(posts.c.id.in_(sa.select(deliveries.c.post_id).where(*conditions)))
         if campaign is not None:
             query = query.where(posts.c.campaign == campaign)
         query = query.order_by(posts.c.created_at.desc(), posts.c.id).limit(limit).offset(offset)
