@@ -17,7 +17,7 @@ import re
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import requests
@@ -205,6 +205,14 @@ class FacebookAdapter(Adapter):
                 ):
                     return self._published(item)
             url, params = self._next_page(body), None
+        return None
+
+    # Graph starts throttling at 100 %; stop a little before, until access is regained.
+    usage_pause_threshold: ClassVar[float] = 95.0
+
+    def paused_until(self) -> datetime | None:
+        if self.usage >= self.usage_pause_threshold:
+            return self.regain_access_at or datetime.now(UTC) + timedelta(minutes=5)
         return None
 
     def delete(self, remote_id: str) -> None:

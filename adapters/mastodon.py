@@ -346,6 +346,9 @@ class MastodonAdapter(Adapter):
             message += f": {body['error']}"
         raise classify_status(response, message)
 
+    def paused_until(self) -> datetime | None:
+        return self.rate_limit_reset
+
     def _note_rate_limit(self, response: requests.Response) -> None:
         limit = response.headers.get("X-RateLimit-Limit")
         remaining = response.headers.get("X-RateLimit-Remaining")

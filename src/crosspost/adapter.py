@@ -171,6 +171,11 @@ class Adapter(ABC):
     def delete(self, remote_id: str) -> None:
         """Remove a published copy."""
 
+    def paused_until(self) -> datetime | None:
+        """When the platform's own budget headers say the next request would be refused: the
+        dispatcher sends nothing to this target before then. None: go ahead."""
+        return None
+
 
 @cache
 def adapter_classes() -> Mapping[str, type[Adapter]]:
