@@ -23,6 +23,7 @@ import re
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
@@ -37,6 +38,7 @@ from crosspost.fakes.mastodon import FakeMastodon
 from crosspost.fakes.server import FakePlatform, RunningFake
 from crosspost.fakes.website import FakeWebsite
 from crosspost.post import Post
+from crosspost.scheduler import Service
 from crosspost.settings import Settings
 
 PAGE_ID = "123456789"
@@ -243,6 +245,13 @@ def database(kind: str, directory: Path, pg_server: str = PG_SERVER) -> Iterator
     finally:
         with psycopg.connect(f"{pg_server}/postgres", autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def stop_service(service: Service, grace: float) -> None:
+    """Stop the service, and give a look at the queue already under way time to end before the
+    database goes (`Service.stop` does not wait for the scheduler's threads)."""
+    service.stop(grace=grace)
+    time.sleep(0.5)
 
 
 def settings(database_url: str, workers: int) -> Settings:

@@ -43,7 +43,10 @@ def pg_database() -> Iterator[str]:
 
 def _truncate(url: str) -> None:
     with psycopg.connect(url.replace("postgresql+psycopg", "postgresql"), autocommit=True) as c:
-        c.execute("TRUNCATE posts, deliveries, attempts RESTART IDENTITY CASCADE")
+        c.execute(
+            "TRUNCATE posts, deliveries, attempts, mirror_posts, mirror_events"
+            " RESTART IDENTITY CASCADE"
+        )
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -62,3 +65,11 @@ def queue(database_url: str) -> Iterator[Queue]:
     q.upgrade()
     yield q
     q.close()
+
+
+@pytest.fixture
+def pg_url(pg_database: str) -> str:
+    """The session's PostgreSQL database, emptied: for tests that need PostgreSQL only
+    (several worker processes on one queue)."""
+    _truncate(pg_database)
+    return pg_database

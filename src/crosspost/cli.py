@@ -249,17 +249,48 @@ def cmd_run(app: App, args: argparse.Namespace) -> int:
     )
     for noisy in ("apscheduler", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    campaigns = load_campaigns(app.settings.campaigns_dir)
-    service = Service(app.settings, app.queue, app.targets, campaigns)
+    log = logging.getLogger("crosspost")
+    settings = app.settings
+    serve_api = not args.no_api
+    if serve_api and settings.api_token is None and settings.api_host != "127.0.0.1":
+        print(
+            f"crosspost: refusing to serve the API on {settings.api_host}: CROSSPOST_API_TOKEN"
+            " is not set. Set a token, or keep CROSSPOST_API_HOST=127.0.0.1 (the default).",
+            file=sys.stderr,
+        )
+        return EXIT_INPUT
+    from crosspost.mirror import ensure_mirror_secrets
+
+    for variable in ensure_mirror_secrets(settings, app.targets):
+        log.info(
+            "made a webhook secret for the mirror in %s (set %s to use your own)",
+            settings.generated_secrets_dir / variable,
+            variable,
+        )
+    campaigns = load_campaigns(settings.campaigns_dir)
+    service = Service(settings, app.queue, app.targets, campaigns)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
+    server = None
+    if serve_api:
+        from crosspost.api import ApiServer, create_app
+
+        server = ApiServer(
+            create_app(settings, app.queue, app.targets, campaigns, service=service),
+            settings.api_host,
+            settings.api_port,
+        )
+        server.start()
     service.start()
-    logging.getLogger("crosspost").info(
-        "crosspost %s running on %s (%d targets)",
+    log.info(
+        "crosspost %s running on %s (%d targets)%s",
         service.worker_id,
         app.queue.engine.url.render_as_string(hide_password=True),
         len(app.targets),
+        f"; API and mirror at http://{settings.api_host}:{settings.api_port}/mirror"
+        if serve_api
+        else "",
     )
     if args.until_idle:
         quiet = 0
@@ -269,9 +300,11 @@ def cmd_run(app: App, args: argparse.Namespace) -> int:
                 break
     else:
         stop.wait()
-    service.stop(grace=min(app.settings.lease_seconds, 60.0))
+    service.stop(grace=min(settings.lease_seconds, 60.0))
+    if server is not None:
+        server.stop()
     counts = ", ".join(f"{k}: {v}" for k, v in sorted(service.outcomes.items())) or "nothing"
-    logging.getLogger("crosspost").info("stopped; this run: %s", counts)
+    log.info("stopped; this run: %s", counts)
     return EXIT_OK
 
 
@@ -331,6 +364,9 @@ def build_parser() -> argparse.ArgumentParser:
     retry.add_argument("--target")
     run = command("run", cmd_run, "Run the scheduler and workers until stopped.")
     run.add_argument("--until-idle", action="store_true", help="publish what is due, then exit")
+    run.add_argument(
+        "--no-api", action="store_true", help="run workers only: no HTTP API or mirror"
+    )
     campaigns = command("campaigns", cmd_campaigns, "List campaigns and their next instants.")
     campaigns.add_argument("--json", action="store_true")
     db = command("db", cmd_db, "Database maintenance.")

@@ -33,7 +33,7 @@ from crosspost.delivery import (
     NewDelivery,
     NewPost,
 )
-from crosspost.errors import OutcomeUnknown, Permanent, PublishError, RateLimited
+from crosspost.errors import Conflict, OutcomeUnknown, Permanent, PublishError, RateLimited
 from crosspost.intake import with_year
 from crosspost.post import Post
 from crosspost.retry import policy_for
@@ -80,6 +80,64 @@ class QueueStore(Protocol):
     def ensure(self, new: NewPost, now: datetime) -> AddResult: ...
 
 
+class _OneWriterAtATime:
+    """A SQLite queue shared by the dispatcher's threads: they take turns to write.
+
+    SQLite lets one connection write at a time; one that finds the lock taken sleeps in SQLite's
+    busy handler (1, 2, 5 … 100 ms steps) and sleeps on after the lock is free. In a burst a
+    hundred publish threads finishing at once spend most of their time there. Taking turns on a
+    lock in this process hands the write lock on the moment a commit ends (other processes still
+    meet the busy handler, as before)."""
+
+    def __init__(self, queue: QueueStore) -> None:
+        self._queue = queue
+        self._turn = threading.Lock()
+
+    def claim_due(
+        self,
+        worker: str,
+        now: datetime,
+        lease_until: datetime,
+        limit: int,
+        skip_targets: Sequence[str] = (),
+    ) -> list[Claim]:
+        with self._turn:
+            return self._queue.claim_due(worker, now, lease_until, limit, skip_targets)
+
+    def renew(self, delivery_id: int, fence: int, lease_until: datetime) -> bool:
+        with self._turn:
+            return self._queue.renew(delivery_id, fence, lease_until)
+
+    def finish(
+        self,
+        delivery_id: int,
+        fence: int,
+        state: DeliveryState,
+        attempt: AttemptRecord | None,
+        *,
+        due_at: datetime | None = None,
+        maybe_landed: bool | None = None,
+        now: datetime | None = None,
+    ) -> bool:
+        with self._turn:
+            return self._queue.finish(
+                delivery_id,
+                fence,
+                state,
+                attempt,
+                due_at=due_at,
+                maybe_landed=maybe_landed,
+                now=now,
+            )
+
+    def published_copies(self, post_id: str) -> dict[str, str]:
+        return self._queue.published_copies(post_id)  # a read: WAL readers never wait
+
+    def ensure(self, new: NewPost, now: datetime) -> AddResult:
+        with self._turn:
+            return self._queue.ensure(new, now)
+
+
 @dataclass
 class _TargetState:
     running: int = 0
@@ -108,7 +166,8 @@ class Dispatcher:
         clock: Clock = utc_now,
         on_outcome: Callable[[Outcome], None] | None = None,
     ) -> None:
-        self.queue = queue
+        single_writer = getattr(queue, "is_postgres", None) is False  # SQLite
+        self.queue = _OneWriterAtATime(queue) if single_writer else queue
         self.targets = targets
         self.settings = settings
         self.worker_id = worker_id
@@ -151,7 +210,9 @@ class Dispatcher:
     def next_release(self, now: datetime) -> datetime | None:
         """The soonest moment a rate-limited target may be sent to again."""
         with self._lock:
-            times = [s.not_before for s in self._targets.values() if s.not_before and s.not_before > now]
+            times = [
+                s.not_before for s in self._targets.values() if s.not_before and s.not_before > now
+            ]
         return min(times, default=None)
 
     def dispatch_due(self) -> int:
@@ -166,6 +227,10 @@ class Dispatcher:
         claims = self.queue.claim_due(
             self.worker_id, now, now + self.lease, room, self.blocked_targets(now)
         )
+        if self.stopping:  # shutdown began while we were claiming: give these straight back
+            for claim in claims:
+                self.queue.finish(claim.delivery.id, claim.fence, S.SCHEDULED, None, due_at=now)
+            return 0
         with self._lock:
             for claim in claims:
                 self._held[claim.delivery.id] = claim
@@ -178,19 +243,42 @@ class Dispatcher:
         return len(claims)
 
     def _start_ready(self) -> None:
+        now = self.clock()
+        held_back: list[tuple[Claim, datetime]] = []
         with self._lock:
             for name, state in self._targets.items():
+                if state.not_before is not None and state.not_before > now:
+                    # The platform said wait: what waits for it goes back to the queue, due
+                    # when it may be sent, rather than out now.
+                    held_back += [(claim, state.not_before) for claim in state.waiting]
+                    state.waiting.clear()
+                    continue
                 config = self.targets.get(name)
                 limit = config.concurrency if config else 1
                 while state.waiting and state.running < limit and not self.stopping:
                     claim = state.waiting.popleft()
                     state.running += 1
                     self._pool.submit(self._run, claim)
+        for claim, due_at in held_back:
+            self._release(claim, due_at)
+
+    def _release(self, claim: Claim, due_at: datetime) -> None:
+        """Give a claim that has not started back to the queue, due at `due_at`."""
+        self.queue.finish(claim.delivery.id, claim.fence, S.SCHEDULED, None, due_at=due_at)
+        with self._lock:
+            self._held.pop(claim.delivery.id, None)
+            if not self._held:
+                self.idle.set()
 
     def _run(self, claim: Claim) -> None:
         outcome = None
         try:
-            outcome = self.deliver(claim)
+            if self.stopping:  # queued in the pool when shutdown began: give it back unsent
+                self.queue.finish(
+                    claim.delivery.id, claim.fence, S.SCHEDULED, None, due_at=self.clock()
+                )
+            else:
+                outcome = self.deliver(claim)
         except Exception:  # a bug must not kill the worker thread; the lease brings it back
             log.exception("delivery %s to %s crashed", claim.delivery.id, claim.delivery.target)
         finally:
@@ -280,7 +368,8 @@ class Dispatcher:
                 S.FAILED, "permanent", reason=f"target {delivery.target!r} is not configured"
             )
         late = start - delivery.scheduled_at
-        if delivery.attempts == 1 and not claim.reclaimed and late > config.max_lateness:
+        # Only a first try can be missed: an earlier one may have landed, so it goes ahead.
+        if delivery.attempts == 1 and not delivery.maybe_landed and late > config.max_lateness:
             return record(
                 S.MISSED,
                 "missed",
@@ -298,7 +387,9 @@ class Dispatcher:
             if delivery.maybe_landed and self._must_look_up(adapter, claim, start):
                 looking_up = True
                 found = adapter.lookup(
-                    rendition, delivery.idempotency_key, delivery.scheduled_at - timedelta(minutes=5)
+                    rendition,
+                    delivery.idempotency_key,
+                    delivery.scheduled_at - timedelta(minutes=5),
                 )
                 looking_up = False
                 if found is not None:
@@ -358,9 +449,9 @@ class Dispatcher:
         body = claim.post_body
         name = body.get("campaign")
         campaign = self.campaigns.get(name) if isinstance(name, str) else None
-        if campaign is None or not campaign.recurring:
-            return
         delivery = claim.delivery
+        if campaign is None or not campaign.recurring or delivery.target not in self.targets:
+            return
         zone = self.targets[delivery.target].zone
         order = list(body.get("targets", []))
         zones = [(t, self.targets[t].zone) for t in order if t in self.targets]
@@ -370,16 +461,19 @@ class Dispatcher:
             return
         base = delivery.post_id.split("@", 1)[0]
         year = at.astimezone(zone).year
-        self.queue.ensure(
-            NewPost(
-                id=f"{base}@{year}",
-                source=f"campaign {name}",
-                body=body,
-                campaign=name,
-                deliveries=(NewDelivery(delivery.target, at),),
-            ),
-            self.clock(),
+        following_post = NewPost(
+            id=f"{base}@{year}",
+            source=f"campaign {name}",
+            body=body,
+            campaign=name,
+            deliveries=(NewDelivery(delivery.target, at),),
         )
+        try:
+            self.queue.ensure(following_post, self.clock())
+        except Conflict:
+            # The post's other targets finished at the same moment and one of them created
+            # next year's post first: now it exists, this adds only this target's delivery.
+            self.queue.ensure(following_post, self.clock())
 
     # -- stopping --------------------------------------------------------------------------
 
@@ -392,11 +486,7 @@ class Dispatcher:
             for state in self._targets.values():
                 state.waiting.clear()
         for claim in waiting:
-            self.queue.finish(claim.delivery.id, claim.fence, S.SCHEDULED, None, due_at=now)
-            with self._lock:
-                self._held.pop(claim.delivery.id, None)
-                if not self._held:
-                    self.idle.set()
+            self._release(claim, now)
         self.idle.wait(grace)
         self._pool.shutdown(wait=False, cancel_futures=True)
 

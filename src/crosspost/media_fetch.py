@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import os
+import re
 import socket
 import time
 from collections.abc import Collection
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Final
 from urllib.parse import urljoin, urlsplit
 
@@ -86,8 +89,15 @@ def _resolve(host: str, port: int, allowed: Collection[str]) -> str:
     return str(addresses[0])
 
 
-def _pool(scheme: str, host: str, address: str, port: int, timeout: float) -> urllib3.HTTPConnectionPool:
-    common = {"port": port, "timeout": urllib3.Timeout(connect=timeout, read=timeout), "retries": False, "maxsize": 1}
+def _pool(
+    scheme: str, host: str, address: str, port: int, timeout: float
+) -> urllib3.HTTPConnectionPool:
+    common = {
+        "port": port,
+        "timeout": urllib3.Timeout(connect=timeout, read=timeout),
+        "retries": False,
+        "maxsize": 1,
+    }
     if scheme == "https":
         return urllib3.HTTPSConnectionPool(
             address,
@@ -190,3 +200,49 @@ def _safe(url: str) -> str:
     parts = urlsplit(url)
     host = parts.hostname or ""
     return f"{parts.scheme}://{host}{parts.path}"[:200]
+
+
+class MediaFolder:
+    """Media files by content: `<sha256>.<ext>` under one folder, so a name is a stable URL
+    and the same bytes are kept once."""
+
+    NAME: Final = re.compile(r"[0-9a-f]{64}\.(?:jpg|png|gif|webp|mp4|mov)")
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def store(self, content: bytes, mime_type: str) -> str:
+        name = f"{hashlib.sha256(content).hexdigest()}.{EXTENSIONS[mime_type]}"
+        target = self.root / name
+        if not target.is_file():
+            self.root.mkdir(parents=True, exist_ok=True)
+            partial = target.with_suffix(f".{os.getpid()}.part")
+            partial.write_bytes(content)
+            partial.replace(target)
+        return name
+
+    def store_file(self, source: Path, expected_sha256: str | None = None) -> str | None:
+        """Copy an image or video into the folder; None if it is not one (or not the file
+        whose digest was expected)."""
+        try:
+            if source.stat().st_size > MAX_MEDIA_BYTES:
+                return None
+            content = source.read_bytes()
+        except OSError:
+            return None
+        kind = filetype.guess(content[:8192])
+        if kind is None or kind.mime not in MEDIA_TYPES:
+            return None
+        if expected_sha256 and hashlib.sha256(content).hexdigest() != expected_sha256:
+            return None
+        return self.store(content, kind.mime)
+
+    def name_for(self, sha256: str, mime_type: str | None) -> str | None:
+        extension = EXTENSIONS.get(mime_type or "")
+        return f"{sha256}.{extension}" if extension else None
+
+    def path(self, name: str) -> Path | None:
+        if not self.NAME.fullmatch(name):
+            return None
+        found = self.root / name
+        return found if found.is_file() else None

@@ -86,7 +86,9 @@ class MirrorStore:
             yield
         except SQLAlchemyError as exc:
             reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
-            raise QueueError(f"mirror database error ({self.engine.dialect.name}): {reason}") from exc
+            raise QueueError(
+                f"mirror database error ({self.engine.dialect.name}): {reason}"
+            ) from exc
 
     @contextmanager
     def _write(self) -> Iterator[Connection]:

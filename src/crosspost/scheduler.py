@@ -13,7 +13,7 @@ import os
 import socket
 import threading
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 
 from apscheduler.executors.pool import ThreadPoolExecutor as JobExecutor
@@ -76,6 +76,8 @@ class Service:
         self._listener: threading.Thread | None = None
         self.last_tick: datetime | None = None
         self.outcomes: dict[str, int] = {}
+        # Called with every outcome after it is counted (the API's metrics: lag, retries).
+        self.outcome_listeners: list[Callable[[Outcome], None]] = []
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -89,7 +91,9 @@ class Service:
         )
         if self.queue.is_postgres:
             self._listener = threading.Thread(
-                target=self.queue.listen, args=(self.wake, self._stop), daemon=True,
+                target=self.queue.listen,
+                args=(self.wake, self._stop),
+                daemon=True,
                 name="listen",
             )
             self._listener.start()
@@ -111,9 +115,12 @@ class Service:
         """Look at the queue at `at` (default now), unless a look is already due sooner."""
         if self._stop.is_set():
             return
-        at = at or self.clock()
+        # APScheduler runs on the wall clock; `self.clock` may be another (an injected one,
+        # which may jump), so the wake-up is planned and compared in wall-clock time.
+        now = self.clock()
+        run_at = utc_now() + ((at or now) - now)
         with self._lock:
-            if self._wake_at is not None and self._wake_at <= at:
+            if self._wake_at is not None and self._wake_at <= run_at:
                 return
             if self._wake_job is not None:
                 try:
@@ -121,8 +128,8 @@ class Service:
                 except JobLookupError:
                     pass
             self._wake_job = f"wake-{uuid.uuid4().hex}"
-            self._wake_at = at
-            self.scheduler.add_job(self._tick, DateTrigger(at), id=self._wake_job)
+            self._wake_at = run_at
+            self.scheduler.add_job(self._tick, DateTrigger(run_at), id=self._wake_job)
 
     def _tick(self) -> None:
         with self._lock:
@@ -155,6 +162,8 @@ class Service:
         except Exception:
             log.exception("could not read the next due time")
             due = None
+        if self.dispatcher.in_flight() >= self.dispatcher.capacity * 2:
+            due = None  # full: waking now would only spin; a finished delivery wakes us
         soonest = now + self.poll
         for moment in (due, self.dispatcher.next_release(now)):
             if moment is not None and moment < soonest:
@@ -165,6 +174,11 @@ class Service:
         with self._lock:
             key = str(outcome.state) if outcome.state else "lost"
             self.outcomes[key] = self.outcomes.get(key, 0) + 1
+        for listener in list(self.outcome_listeners):
+            try:
+                listener(outcome)
+            except Exception:
+                log.exception("an outcome listener failed")
         # A slot is free and the outcome may have set a retry time: look again.
         self.wake()
 

@@ -41,10 +41,15 @@ class Settings(BaseSettings):
     env_file: Path = Path(".env")
     public_url: str | None = Field(
         default=None,
-        description="The mirror's public base URL for feeds and permalinks; default: the request's.",
+        description="The mirror's public base URL (feeds, permalinks); default: the request's.",
     )
     mirror_title: str = "crosspost mirror"
     mirror_page_size: int = Field(default=20, ge=1, le=200)
+    media_fetch: bool = Field(
+        default=True,
+        description="Fetch media given by https URL (API posts, the mirror); off: never fetch,"
+        " pass such URLs to the platforms as they are and link to them from the mirror.",
+    )
     media_fetch_timeout: float = Field(default=10.0, gt=0)
     media_fetch_allow: list[str] = Field(
         default_factory=list,
