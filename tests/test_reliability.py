@@ -50,7 +50,7 @@ def platforms(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Platf
 
 def settings() -> Settings:
     # A 0.5 s HTTP timeout: a fake that hangs for longer is a read timeout.
-    return Settings(lease_seconds=5, workers=8, http_timeout=0.5)  # type: ignore[call-arg]
+    return Settings(lease_seconds=5, workers=8, http_timeout=0.5)
 
 
 class SettableClock:
@@ -116,9 +116,7 @@ def feed_requests(platforms: Platforms, method: str) -> int:
 # -- retried, then delivered exactly once ------------------------------------------------------
 
 
-def test_5xx_then_success_is_retried_and_published_once(
-    queue: Queue, platforms: Platforms
-) -> None:
+def test_5xx_then_success_is_retried_and_published_once(queue: Queue, platforms: Platforms) -> None:
     platforms.mastodon.fail_next("POST", STATUSES, status=503, times=2)
     platforms.graph.fail_next("POST", "/feed", status=500, graph_code=2)
     platforms.website.fail_next(503)
@@ -296,7 +294,7 @@ def test_graph_outcome_unknown_with_a_failing_lookup_goes_to_needs_review_not_re
     assert outcomes == ["outcome-unknown", *["transient"] * 5], outcomes
 
 
-# -- a recurring campaign, on an injected clock -----------------------------------------------------
+# -- a recurring campaign, on an injected clock ---------------------------------------------
 
 
 def test_a_published_recurring_campaign_post_queues_next_years_occurrence(
@@ -350,4 +348,3 @@ def _targets_of(queue: Queue, post_id: str) -> int:
         return len(queue.get(post_id).deliveries)
     except NotFound:
         return 0
-

@@ -108,7 +108,7 @@ def rendition_for(adapter: WebhookAdapter, post: Post, **context: Any) -> Rendit
 # --- the payload -------------------------------------------------------------------------
 
 
-def test_payload_carries_every_chosen_language_in_full(tmp_path: Path, secret: str) -> None:
+def test_payload_carries_every_language_in_full(tmp_path: Path, secret: str) -> None:
     adapter = make_adapter("https://example.org/hook", secret)
     copies = {"facebook-page": "https://www.facebook.com/123_456"}
     rendition = rendition_for(adapter, make_post(tmp_path), copies=copies)
@@ -119,7 +119,7 @@ def test_payload_carries_every_chosen_language_in_full(tmp_path: Path, secret: s
     assert payload["timestamp"].endswith("Z")
     assert data["id"] == "2027-03-08-podcast"
     assert data["default_language"] == "en"
-    assert list(data["languages"]) == ["en", "es"]  # the target's languages; ru not chosen
+    assert list(data["languages"]) == ["en", "es", "ru"]  # default, the target's, the rest
     assert len(LONG_EN) == 2000
     assert data["languages"]["en"]["text"] == LONG_EN  # nothing cut
     assert data["languages"]["es"]["text"].endswith("¡Felicidades!")
@@ -134,7 +134,12 @@ def test_payload_carries_every_chosen_language_in_full(tmp_path: Path, secret: s
     assert poster["filename"] == "poster.png"
     assert re.fullmatch(r"[0-9a-f]{64}", poster["sha256"])
     assert poster["mime_type"] == "image/png"
-    assert poster["alt"] == {"en": "Podcast poster", "es": "Cartel del pódcast"}
+    # ru has no alt text of its own: the default language's stands in
+    assert poster["alt"] == {
+        "en": "Podcast poster",
+        "es": "Cartel del pódcast",
+        "ru": "Podcast poster",
+    }
     assert photo["url"] == "https://cdn.example.org/photo.jpg"
     assert photo["alt"] == {"en": "Rally on 8 March", "es": "Rally on 8 March"}
     assert data["publish_at"] == "2027-03-08T08:00:00.000Z"
@@ -149,14 +154,14 @@ def test_payload_carries_every_chosen_language_in_full(tmp_path: Path, secret: s
     assert adapter.validate(rendition) == []
 
 
-def test_languages_empty_means_all_and_default_always_included(tmp_path: Path, secret: str) -> None:
+def test_every_language_goes_default_first_then_the_targets(tmp_path: Path, secret: str) -> None:
     everything = make_adapter("https://example.org/hook", secret, languages=[])
     data = rendition_for(everything, make_post(tmp_path)).options["payload"]["data"]
     assert list(data["languages"]) == ["en", "es", "ru"]
 
-    spanish_only = make_adapter("https://example.org/hook", secret, languages=["es"])
-    data = rendition_for(spanish_only, make_post(tmp_path)).options["payload"]["data"]
-    assert list(data["languages"]) == ["en", "es"]
+    russian_first = make_adapter("https://example.org/hook", secret, languages=["ru"])
+    data = rendition_for(russian_first, make_post(tmp_path)).options["payload"]["data"]
+    assert list(data["languages"]) == ["en", "ru", "es"]
 
 
 def test_event_type_comes_from_the_context(tmp_path: Path, secret: str) -> None:

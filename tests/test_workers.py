@@ -76,7 +76,9 @@ def publish_requests(platforms: Platforms) -> list[float]:
         if r.method == "POST" and r.path in PUBLISH_PATHS
     ]
     found += [
-        r.at for r in list(platforms.graph.requests) if r.method == "POST" and r.path.endswith("/feed")
+        r.at
+        for r in list(platforms.graph.requests)
+        if r.method == "POST" and r.path.endswith("/feed")
     ]
     return sorted(found)
 
@@ -155,8 +157,13 @@ def test_restart_after_downtime_publishes_the_overdue_once_and_marks_the_too_lat
 
         def crosspost(*args: str) -> subprocess.CompletedProcess[str]:
             return subprocess.run(
-                [str(CROSSPOST), *args], env=env, cwd=tmp_path, capture_output=True,
-                text=True, timeout=120, check=False,
+                [str(CROSSPOST), *args],
+                env=env,
+                cwd=tmp_path,
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=False,
             )
 
         for _ in range(2):  # the second run is another restart: it must change nothing

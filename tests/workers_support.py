@@ -214,9 +214,7 @@ class OnceReport:
     retried: int  # deliveries with more than one attempt
 
 
-def assert_each_published_once(
-    queue: Queue, platforms: Platforms, expected: int
-) -> OnceReport:
+def assert_each_published_once(queue: Queue, platforms: Platforms, expected: int) -> OnceReport:
     """Every delivery `published`, and each exactly once on its platform."""
     rows = all_deliveries(queue)
     states = Counter(str(d.state) for d in rows)

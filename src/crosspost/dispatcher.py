@@ -33,7 +33,7 @@ from crosspost.delivery import (
     NewDelivery,
     NewPost,
 )
-from crosspost.errors import Conflict, OutcomeUnknown, Permanent, PublishError, RateLimited
+from crosspost.errors import Conflict, Permanent, PublishError, RateLimited
 from crosspost.intake import with_year
 from crosspost.post import Post
 from crosspost.retry import policy_for

@@ -8,6 +8,7 @@ what no one announced (SQLite has no NOTIFY; another process may add a post ther
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -123,10 +124,8 @@ class Service:
             if self._wake_at is not None and self._wake_at <= run_at:
                 return
             if self._wake_job is not None:
-                try:
+                with contextlib.suppress(JobLookupError):
                     self.scheduler.remove_job(self._wake_job)
-                except JobLookupError:
-                    pass
             self._wake_job = f"wake-{uuid.uuid4().hex}"
             self._wake_at = run_at
             self.scheduler.add_job(self._tick, DateTrigger(run_at), id=self._wake_job)

@@ -62,17 +62,15 @@ def utc_iso(moment: datetime) -> str:
 
 
 def payload_languages(post: Post, target: str | None, chosen: Iterable[str]) -> list[str]:
-    """The default language first, then each of `chosen` the post has (all when none chosen)."""
+    """Every language the post has — a website shows them all — ordered: the default first,
+    then the target's `languages`, then the rest."""
     override = post.overrides.get(target) if target is not None else None
     available = [
         *post.text,
         *(lang for lang in (override.text if override else {}) if lang not in post.text),
     ]
-    wanted = list(chosen) or available
-    return [
-        post.main_language,
-        *(lang for lang in available if lang in wanted and lang != post.main_language),
-    ]
+    order = [post.main_language, *chosen, *available]
+    return [lang for i, lang in enumerate(order) if lang in available and lang not in order[:i]]
 
 
 def composed_text(post: Post, target: str | None, language: str) -> str:
