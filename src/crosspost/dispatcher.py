@@ -302,7 +302,18 @@ class Dispatcher:
             if not self.queue.renew(claim.delivery.id, claim.fence, until):
                 lost += 1
                 log.warning("lease on delivery %s was taken over", claim.delivery.id)
+                self._forget_unstarted(claim)
         return lost
+
+    def _forget_unstarted(self, claim: Claim) -> None:
+        """A claim taken over elsewhere that has not started here is dropped unsent."""
+        with self._lock:
+            waiting = self._targets[claim.delivery.target].waiting
+            if claim in waiting:
+                waiting.remove(claim)
+                self._held.pop(claim.delivery.id, None)
+                if not self._held:
+                    self.idle.set()
 
     def in_flight(self) -> int:
         with self._lock:
@@ -410,7 +421,8 @@ class Dispatcher:
                     due_at=decision.at,
                     maybe_landed=maybe_landed,
                 )
-            if (maybe_landed or looking_up) and not isinstance(error, Permanent):
+            if maybe_landed or looking_up:
+                # Even a refusal (Graph's #506 duplicate) may mean the earlier attempt landed.
                 return record(
                     S.NEEDS_REVIEW,
                     error.kind,
@@ -418,6 +430,10 @@ class Dispatcher:
                     reason=f"could not tell whether an earlier attempt landed: {decision.reason}",
                 )
             return record(S.FAILED, error.kind, error=error, reason=decision.reason)
+        finally:
+            pause = adapter.paused_until()
+            if pause is not None:
+                self._hold_target(delivery.target, pause)
 
     def _render(self, claim: Claim, adapter: Adapter) -> Rendition:
         delivery = claim.delivery

@@ -58,7 +58,7 @@ class RetryPolicy(BaseModel):
             return Decision("failed", reason=reason)
         age = now - scheduled_at
         if isinstance(error, RateLimited):
-            # Waiting out a rate limit is not a failed try: only the age limit applies.
+            # Waiting out a rate limit never gives up on its own: only the age limit applies.
             if age >= self.max_age:
                 return Decision("failed", reason=f"gave up after {age}: {reason}")
             return Decision("retry", at=max(error.retry_at, now), reason=reason)
