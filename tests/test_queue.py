@@ -197,3 +197,14 @@ def test_state_machine_is_enforced() -> None:
                     check_transition(state, other)
     with pytest.raises(Conflict):
         check_transition(S.PUBLISHED, S.SCHEDULED)
+
+
+def test_ensure_adds_only_what_is_missing_and_is_idempotent(queue: Queue) -> None:
+    first = queue.ensure(new_post("campaign@2028", targets=("website",)), NOW)
+    assert first.outcome == "queued"
+    again = queue.ensure(new_post("campaign@2028", targets=("website", "mastodon-en")), NOW)
+    assert again.outcome == "updated"
+    assert [d.target for d in again.post.deliveries] == ["website", "mastodon-en"]
+    assert queue.ensure(new_post("campaign@2028", targets=("website",)), NOW).outcome == (
+        "unchanged"
+    )

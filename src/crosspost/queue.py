@@ -22,6 +22,8 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine, Row
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
@@ -167,10 +169,19 @@ def create_engine(url: str) -> Engine:
         return engine
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
-    return sa.create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    return sa.create_engine(url, pool_size=10, max_overflow=20, pool_recycle=1800)
 
 
-def _delivery(row: Row[Any]) -> Delivery:
+class _ClaimedRow:
+    """A leased row with its old state and its post's body, as PostgreSQL's RETURNING gives."""
+
+    def __init__(self, row: Row[Any], old_state: str, body: Any) -> None:
+        self._mapping = row._mapping
+        self.old_state = old_state
+        self.body = body
+
+
+def _delivery(row: Any) -> Delivery:
     m = row._mapping
     return Delivery(
         id=m["id"],
@@ -317,27 +328,32 @@ class Queue:
 
     def ensure(self, new: NewPost, now: datetime) -> AddResult:
         """Create the post if it is missing, and those of its deliveries that are missing;
-        change nothing that exists (the next occurrence of a recurring campaign)."""
+        change nothing that exists (the next occurrence of a recurring campaign). Safe when
+        several workers ensure the same post at once: conflicting inserts do nothing."""
+        insert = pg_insert if self.is_postgres else sqlite_insert
         with self._write() as conn:
-            exists = conn.execute(
-                sa.select(posts.c.id).where(posts.c.id == new.id).with_for_update()
-            ).first()
-            if exists is None:
-                self._insert(conn, new, now)
-                return AddResult("queued", self._post(conn, new.id))
-            present = set(
-                conn.execute(
-                    sa.select(deliveries.c.target).where(deliveries.c.post_id == new.id)
-                ).scalars()
-            )
-            missing = [d for d in new.deliveries if d.target not in present]
-            self.notify(conn)
-            if missing:
-                conn.execute(
-                    deliveries.insert(),
-                    [self._delivery_row(new.id, d.target, d.scheduled_at) for d in missing],
+            created = conn.execute(
+                insert(posts)
+                .values(
+                    id=new.id,
+                    source=new.source,
+                    body=new.body,
+                    campaign=new.campaign,
+                    created_at=now,
+                    updated_at=now,
                 )
-            return AddResult("updated" if missing else "unchanged", self._post(conn, new.id))
+                .on_conflict_do_nothing(index_elements=["id"])
+                .returning(posts.c.id)
+            ).all()
+            added = conn.execute(
+                insert(deliveries)
+                .on_conflict_do_nothing(index_elements=["post_id", "target"])
+                .returning(deliveries.c.id),
+                [self._delivery_row(new.id, d.target, d.scheduled_at) for d in new.deliveries],
+            ).all()
+            self.notify(conn)
+            outcome = "queued" if created else ("updated" if added else "unchanged")
+            return AddResult(outcome, self._post(conn, new.id))
 
     def add_many(self, batch: Sequence[NewPost], now: datetime) -> int:
         """Bulk-queue new posts in one transaction (ids already present are skipped)."""
@@ -558,7 +574,7 @@ class Queue:
         if limit <= 0:
             return []
         pick = (
-            sa.select(deliveries)
+            sa.select(deliveries.c.id, deliveries.c.state.label("old_state"))
             .where(_is_active, deliveries.c.due_at <= now)
             .order_by(deliveries.c.due_at)
             .limit(limit)
@@ -566,50 +582,70 @@ class Queue:
         )
         if skip_targets:
             pick = pick.where(deliveries.c.target.not_in(list(skip_targets)))
+        lease = {
+            "state": str(S.CLAIMED),
+            "due_at": lease_until,
+            "lease_owner": worker,
+            "fence": deliveries.c.fence + 1,
+            "attempts": deliveries.c.attempts + 1,
+            # A lease that ran out means that worker may have sent the request.
+            "maybe_landed": sa.or_(deliveries.c.maybe_landed, deliveries.c.state == str(S.CLAIMED)),
+        }
         with self._write() as conn:
-            taken = [_delivery(r) for r in conn.execute(pick)]
-            if not taken:
-                return []
-            ids = [d.id for d in taken]
-            conn.execute(
-                deliveries.update()
-                .where(deliveries.c.id.in_(ids))
-                .values(
-                    state=str(S.CLAIMED),
-                    due_at=lease_until,
-                    lease_owner=worker,
-                    fence=deliveries.c.fence + 1,
-                    attempts=deliveries.c.attempts + 1,
-                    # A lease that ran out means that worker may have sent the request.
-                    maybe_landed=sa.or_(
-                        deliveries.c.maybe_landed, deliveries.c.state == str(S.CLAIMED)
-                    ),
+            if self.is_postgres:
+                rows = self._claim_in_one_statement(conn, pick, lease)
+            else:
+                rows = self._claim_in_steps(conn, pick, lease)
+        claims = [
+            Claim(
+                delivery := _delivery(row),
+                row.body,
+                delivery.fence,
+                lease_until,
+                reclaimed=row.old_state == str(S.CLAIMED),
+            )
+            for row in rows
+        ]
+        return sorted(claims, key=lambda c: (c.delivery.scheduled_at, c.delivery.id))
+
+    @staticmethod
+    def _claim_in_one_statement(
+        conn: Connection, pick: sa.Select[Any], lease: dict[str, Any]
+    ) -> Sequence[Any]:
+        """PostgreSQL: pick (skipping rows other workers hold), lease and return each row with
+        its post in one round trip. SET expressions see the row as it was."""
+        picked = pick.cte("picked")
+        return conn.execute(
+            deliveries.update()
+            .where(deliveries.c.id == picked.c.id, posts.c.id == deliveries.c.post_id)
+            .values(**lease)
+            .returning(*deliveries.c, picked.c.old_state, posts.c.body)
+        ).all()
+
+    @staticmethod
+    def _claim_in_steps(
+        conn: Connection, pick: sa.Select[Any], lease: dict[str, Any]
+    ) -> Sequence[Any]:
+        """SQLite (whose RETURNING cannot name a joined table): the write lock is already ours
+        (BEGIN IMMEDIATE), so pick, lease, then read the posts."""
+        old_states: dict[int, str] = {row.id: row.old_state for row in conn.execute(pick)}
+        if not old_states:
+            return []
+        leased = conn.execute(
+            deliveries.update()
+            .where(deliveries.c.id.in_(list(old_states)))
+            .values(**lease)
+            .returning(*deliveries.c)
+        ).all()
+        bodies = {
+            row.id: row.body
+            for row in conn.execute(
+                sa.select(posts.c.id, posts.c.body).where(
+                    posts.c.id.in_({row.post_id for row in leased})
                 )
             )
-            bodies = {
-                r.id: r.body
-                for r in conn.execute(
-                    sa.select(posts.c.id, posts.c.body).where(
-                        posts.c.id.in_({d.post_id for d in taken})
-                    )
-                )
-            }
-            claims = []
-            for d in taken:
-                reclaimed = d.state == S.CLAIMED
-                held = Delivery(
-                    **{
-                        **d.__dict__,
-                        "state": S.CLAIMED,
-                        "due_at": lease_until,
-                        "lease_owner": worker,
-                        "fence": d.fence + 1,
-                        "attempts": d.attempts + 1,
-                        "maybe_landed": d.maybe_landed or reclaimed,
-                    }
-                )
-                claims.append(Claim(held, bodies[d.post_id], held.fence, lease_until, reclaimed))
-            return claims
+        }
+        return [_ClaimedRow(row, old_states[row.id], bodies[row.post_id]) for row in leased]
 
     def renew(self, delivery_id: int, fence: int, lease_until: datetime) -> bool:
         """Extend a lease; False when another worker has taken the delivery over."""
