@@ -74,7 +74,7 @@ def app_schema(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     intake = Intake(targets, config, campaigns)
     queue.add(intake.check(post, "seed", datetime.now(UTC)).new_post(), datetime.now(UTC))
     STATE.queue = queue
-    STATE.mirror = MirrorStore(queue.engine)
+    STATE.mirror = MirrorStore(queue.db)
     app = create_app(config, queue, targets, campaigns, mirror_secrets=[new_secret()])
     yield schemathesis.openapi.from_asgi("/openapi.json", app)
     queue.close()

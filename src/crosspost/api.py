@@ -733,7 +733,7 @@ def create_app(
         return Response(body, media_type=content_type)
 
     app.include_router(router)
-    store = MirrorStore(queue.engine)
+    store = MirrorStore(queue.db)
     mirror = Mirror(settings, store, queue=queue, targets=targets, secrets=mirror_secrets)
     app.include_router(mirror_router(mirror))
     app.state.mirror = mirror

@@ -80,64 +80,6 @@ class QueueStore(Protocol):
     def ensure(self, new: NewPost, now: datetime) -> AddResult: ...
 
 
-class _OneWriterAtATime:
-    """A SQLite queue shared by the dispatcher's threads: they take turns to write.
-
-    SQLite lets one connection write at a time; one that finds the lock taken sleeps in SQLite's
-    busy handler (1, 2, 5 … 100 ms steps) and sleeps on after the lock is free. In a burst a
-    hundred publish threads finishing at once spend most of their time there. Taking turns on a
-    lock in this process hands the write lock on the moment a commit ends (other processes still
-    meet the busy handler, as before)."""
-
-    def __init__(self, queue: QueueStore) -> None:
-        self._queue = queue
-        self._turn = threading.Lock()
-
-    def claim_due(
-        self,
-        worker: str,
-        now: datetime,
-        lease_until: datetime,
-        limit: int,
-        skip_targets: Sequence[str] = (),
-    ) -> list[Claim]:
-        with self._turn:
-            return self._queue.claim_due(worker, now, lease_until, limit, skip_targets)
-
-    def renew(self, delivery_id: int, fence: int, lease_until: datetime) -> bool:
-        with self._turn:
-            return self._queue.renew(delivery_id, fence, lease_until)
-
-    def finish(
-        self,
-        delivery_id: int,
-        fence: int,
-        state: DeliveryState,
-        attempt: AttemptRecord | None,
-        *,
-        due_at: datetime | None = None,
-        maybe_landed: bool | None = None,
-        now: datetime | None = None,
-    ) -> bool:
-        with self._turn:
-            return self._queue.finish(
-                delivery_id,
-                fence,
-                state,
-                attempt,
-                due_at=due_at,
-                maybe_landed=maybe_landed,
-                now=now,
-            )
-
-    def published_copies(self, post_id: str) -> dict[str, str]:
-        return self._queue.published_copies(post_id)  # a read: WAL readers never wait
-
-    def ensure(self, new: NewPost, now: datetime) -> AddResult:
-        with self._turn:
-            return self._queue.ensure(new, now)
-
-
 @dataclass
 class _TargetState:
     running: int = 0
@@ -166,8 +108,7 @@ class Dispatcher:
         clock: Clock = utc_now,
         on_outcome: Callable[[Outcome], None] | None = None,
     ) -> None:
-        single_writer = getattr(queue, "is_postgres", None) is False  # SQLite
-        self.queue = _OneWriterAtATime(queue) if single_writer else queue
+        self.queue = queue
         self.targets = targets
         self.settings = settings
         self.worker_id = worker_id

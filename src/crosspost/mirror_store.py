@@ -7,18 +7,16 @@ only once its `post.published` event has arrived. Driver errors leave as `QueueE
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Engine, Row
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.engine import Connection, Row
+from sqlalchemy.exc import IntegrityError
 
-from crosspost.errors import QueueError
-from crosspost.queue import UTCDateTime
+from crosspost.queue import Database, UTCDateTime
 from crosspost.webhook_payload import DELETED
 
 metadata = sa.MetaData()
@@ -77,32 +75,10 @@ def _post(row: Row[Any]) -> MirrorPost:
 
 
 class MirrorStore:
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-
-    @contextmanager
-    def _translated(self) -> Iterator[None]:
-        try:
-            yield
-        except SQLAlchemyError as exc:
-            reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
-            raise QueueError(
-                f"mirror database error ({self.engine.dialect.name}): {reason}"
-            ) from exc
-
-    @contextmanager
-    def _write(self) -> Iterator[Connection]:
-        with self._translated(), self.engine.begin() as conn:
-            yield conn
-
-    @contextmanager
-    def _read(self) -> Iterator[Connection]:
-        with (
-            self._translated(),
-            self.engine.connect().execution_options(readonly=True) as conn,
-            conn.begin(),
-        ):
-            yield conn
+    def __init__(self, database: Database) -> None:
+        self.engine = database.engine
+        self._write = database.write
+        self._read = database.read
 
     def seen(self, webhook_id: str) -> bool:
         with self._read() as conn:

@@ -16,9 +16,10 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import fields
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -44,6 +45,7 @@ from crosspost.delivery import (
 from crosspost.errors import Conflict, NotFound, QueueError
 
 S = DeliveryState
+V = TypeVar("V", Delivery, Attempt, PostRecord)
 
 
 class UTCDateTime(sa.types.TypeDecorator[datetime]):
@@ -181,59 +183,51 @@ class _ClaimedRow:
         self.body = body
 
 
+def _value(cls: type[V], row: Any, **given: Any) -> V:
+    """A frozen value from a row: each dataclass field from the column of the same name."""
+    columns = row._mapping
+    return cls(
+        **{f.name: columns[f.name] for f in fields(cls) if f.name not in given},
+        **given,
+    )
+
+
 def _delivery(row: Any) -> Delivery:
-    m = row._mapping
-    return Delivery(
-        id=m["id"],
-        post_id=m["post_id"],
-        target=m["target"],
-        state=DeliveryState(m["state"]),
-        scheduled_at=m["scheduled_at"],
-        due_at=m["due_at"],
-        attempts=m["attempts"],
-        idempotency_key=m["idempotency_key"],
-        maybe_landed=bool(m["maybe_landed"]),
-        remote_id=m["remote_id"],
-        remote_url=m["remote_url"],
-        last_error=m["last_error"],
-        last_error_kind=m["last_error_kind"],
-        published_at=m["published_at"],
-        lease_owner=m["lease_owner"],
-        fence=m["fence"],
+    columns = row._mapping
+    return _value(
+        Delivery,
+        row,
+        state=DeliveryState(columns["state"]),
+        maybe_landed=bool(columns["maybe_landed"]),
     )
 
 
 def _attempt(row: Row[Any]) -> Attempt:
-    m = row._mapping
-    return Attempt(
-        id=m["id"],
-        delivery_id=m["delivery_id"],
-        started_at=m["started_at"],
-        duration_ms=m["duration_ms"],
-        outcome=m["outcome"],
-        http_status=m["http_status"],
-        error_kind=m["error_kind"],
-        error_message=m["error_message"],
-        remote_id=m["remote_id"],
-        remote_url=m["remote_url"],
-    )
+    return _value(Attempt, row)
 
 
-class Queue:
-    """Posts, deliveries and attempts in one SQL database (SQLite or PostgreSQL)."""
+class Database:
+    """Connections to one SQL database, for the queue and the mirror's store.
+
+    SQLite lets one connection write at a time, and a connection that finds the lock taken
+    sleeps in SQLite's busy handler (1, 2, 5 … 100 ms steps), on past the moment the lock is
+    free. Threads of this process therefore take turns to write; other processes still meet the
+    busy handler. Every driver error leaves as `QueueError`.
+    """
 
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine = create_engine(url)
         self.is_postgres = self.engine.dialect.name == "postgresql"
+        self._write_turn: AbstractContextManager[Any] = (
+            nullcontext() if self.is_postgres else threading.Lock()
+        )
 
     def close(self) -> None:
         self.engine.dispose()
 
-    # -- connections ---------------------------------------------------------------------
-
     @contextmanager
-    def _translated(self) -> Iterator[None]:
+    def translated(self) -> Iterator[None]:
         try:
             yield
         except (Conflict, NotFound):
@@ -243,18 +237,34 @@ class Queue:
             raise QueueError(f"database error ({self.engine.dialect.name}): {reason}") from exc
 
     @contextmanager
-    def _write(self) -> Iterator[Connection]:
-        with self._translated(), self.engine.begin() as conn:
+    def write(self) -> Iterator[Connection]:
+        with self._write_turn, self.translated(), self.engine.begin() as conn:
             yield conn
 
     @contextmanager
-    def _read(self) -> Iterator[Connection]:
+    def read(self) -> Iterator[Connection]:
         with (
-            self._translated(),
+            self.translated(),
             self.engine.connect().execution_options(readonly=True) as conn,
             conn.begin(),
         ):
             yield conn
+
+
+class Queue:
+    """Posts, deliveries and attempts in one SQL database (SQLite or PostgreSQL)."""
+
+    def __init__(self, url: str) -> None:
+        self.db = Database(url)
+        self.url = url
+        self.engine = self.db.engine
+        self.is_postgres = self.db.is_postgres
+        self._write = self.db.write
+        self._read = self.db.read
+        self._translated = self.db.translated
+
+    def close(self) -> None:
+        self.db.close()
 
     def upgrade(self) -> None:
         """Bring the schema to the newest migration (Alembic)."""
@@ -440,16 +450,7 @@ class Queue:
 
     @staticmethod
     def _record(row: Row[Any], found: tuple[Delivery, ...]) -> PostRecord:
-        m = row._mapping
-        return PostRecord(
-            id=m["id"],
-            source=m["source"],
-            body=m["body"],
-            campaign=m["campaign"],
-            created_at=m["created_at"],
-            updated_at=m["updated_at"],
-            deliveries=found,
-        )
+        return _value(PostRecord, row, deliveries=found)
 
     def list_posts(
         self,
