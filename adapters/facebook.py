@@ -31,6 +31,7 @@ from crosspost.adapter import (
     RenderedMedia,
     Rendition,
     TargetConfig,
+    rendered_media,
 )
 from crosspost.errors import (
     ConfigError,
@@ -127,16 +128,7 @@ class FacebookAdapter(Adapter):
             full_post = f"{target.mirror_url.rstrip('/')}/{post_id}"
             message = rendering.shorten(message, self.max_length, self.count, full_post)
             shortened = True
-        media = tuple(
-            RenderedMedia(
-                source=item.url if item.url is not None else str(item.path),
-                is_url=item.url is not None,
-                mime_type=item.mime_type,
-                alt=item.alt_for(language, post.main_language),
-                size=item.size,
-            )
-            for item in post.media
-        )
+        media = rendered_media(post, language)
         # Facebook draws a card for `link`; a post with photos shows the photos instead.
         link = post.links[0].url if post.links and not media else None
         return Rendition(

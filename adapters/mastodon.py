@@ -21,6 +21,7 @@ from crosspost.adapter import (
     RenderedMedia,
     Rendition,
     TargetConfig,
+    rendered_media,
 )
 from crosspost.errors import OutcomeUnknown, Permanent, PublishError, Transient
 from crosspost.http import classify_status, send
@@ -139,16 +140,7 @@ class MastodonAdapter(Adapter):
             link = f"{self.target.mirror_url.rstrip('/')}/{post_id}"
             text = rendering.shorten(text, limit, count, link)
             shortened = True
-        media = tuple(
-            RenderedMedia(
-                source=item.url or item.path or "",
-                is_url=item.url is not None,
-                mime_type=item.mime_type,
-                alt=item.alt_for(language, post.main_language),
-                size=item.size,
-            )
-            for item in post.media
-        )
+        media = rendered_media(post, language)
         options: dict[str, Any] = {
             "visibility": self.target.visibility,
             "spoiler_text": spoiler,

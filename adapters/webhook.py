@@ -20,9 +20,9 @@ from crosspost.adapter import (
     Adapter,
     Published,
     RenderContext,
-    RenderedMedia,
     Rendition,
     TargetConfig,
+    rendered_media,
 )
 from crosspost.errors import Permanent, PublishError
 from crosspost.http import classify_status, send
@@ -80,16 +80,7 @@ class WebhookAdapter(Adapter):
             text=composed[language],
             length=max(grapheme_count(text) for text in composed.values()),
             limit=self.max_length,
-            media=tuple(
-                RenderedMedia(
-                    source=media.url or media.path or "",
-                    is_url=media.url is not None,
-                    mime_type=media.mime_type,
-                    alt=media.alt_for(language, post.main_language),
-                    size=media.size,
-                )
-                for media in post.media
-            ),
+            media=rendered_media(post, language),
             link=post.links[0].url if post.links else None,
             options={"payload": payload, "event": context.event},
         )

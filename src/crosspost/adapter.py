@@ -82,6 +82,20 @@ class RenderedMedia:
     size: int | None = None
 
 
+def rendered_media(post: Post, language: str) -> tuple[RenderedMedia, ...]:
+    """The post's media as one target gets them: alt text in that target's language."""
+    return tuple(
+        RenderedMedia(
+            source=item.url or item.path or "",
+            is_url=item.url is not None,
+            mime_type=item.mime_type,
+            alt=item.alt_for(language, post.main_language),
+            size=item.size,
+        )
+        for item in post.media
+    )
+
+
 @dataclass(frozen=True)
 class Rendition:
     """Exactly what one target receives for one post."""

@@ -29,7 +29,12 @@ from email.policy import HTTP
 from typing import Any
 from urllib.parse import urlencode
 
-from crosspost.fakes.server import FakePlatform, Reply, Request, RunningFake
+from crosspost.fakes.server import (
+    FakePlatform,
+    Reply,
+    Request,
+    serve_until_interrupted,
+)
 
 MAX_MESSAGE = 63_206
 _VERSIONED = re.compile(r"^/v\d+\.\d+/(?P<rest>[^?]*)$")
@@ -417,15 +422,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     fake = FakeGraph(page_id=args.page_id, token=args.token, calls_per_window=args.calls_per_window)
     fake.latency = args.latency
-    running = RunningFake(fake, args.port).start()
-    print(f"fake Graph API on {running.url} (page {args.page_id})", flush=True)
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        running.stop()
+    serve_until_interrupted(fake, args.port, f"fake Graph API (page {args.page_id})")
 
 
 if __name__ == "__main__":

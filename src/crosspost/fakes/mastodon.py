@@ -24,7 +24,6 @@ import fnmatch
 import html
 import itertools
 import re
-import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -34,7 +33,12 @@ from typing import Any
 
 import regex
 
-from crosspost.fakes.server import FakePlatform, Reply, Request, RunningFake
+from crosspost.fakes.server import (
+    FakePlatform,
+    Reply,
+    Request,
+    serve_until_interrupted,
+)
 
 _URL = re.compile(r"https?://[^\s<>\"]+[^\s<>\".,:;!?'\")\]]")
 _REMOTE_MENTION = re.compile(r"(?<![=/\w])@(\w+(?:[\w.-]*\w)?)@[\w.-]*\w", re.ASCII)
@@ -520,14 +524,7 @@ def main(argv: list[str] | None = None) -> None:
         async_media=args.async_media,
     )
     fake.latency = args.latency
-    running = RunningFake(fake, args.port).start()
-    print(f"fake Mastodon on {running.url}", flush=True)
-    try:
-        threading.Event().wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        running.stop()
+    serve_until_interrupted(fake, args.port, "fake Mastodon")
 
 
 if __name__ == "__main__":

@@ -111,6 +111,18 @@ class _Server(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", port), _Handler)
 
 
+def serve_until_interrupted(fake: FakePlatform, port: int, what: str) -> None:
+    """`python -m crosspost.fakes.NAME`: serve `fake` on 127.0.0.1 until Ctrl-C or SIGTERM."""
+    running = RunningFake(fake, port).start()
+    print(f"{what} on {running.url}", flush=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        running.stop()
+
+
 class RunningFake:
     """A fake platform serving on 127.0.0.1 in a background thread; use as a context manager."""
 

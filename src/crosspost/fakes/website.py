@@ -11,12 +11,16 @@ page. Faults are queued with `fail_next`.
 from __future__ import annotations
 
 import argparse
-import threading
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from crosspost.fakes.server import FakePlatform, Reply, Request, RunningFake
+from crosspost.fakes.server import (
+    FakePlatform,
+    Reply,
+    Request,
+    serve_until_interrupted,
+)
 from crosspost.webhook_payload import DELETED, InvalidPayload, InvalidSignature, verify_and_parse
 
 
@@ -131,14 +135,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     fake = FakeWebsite(args.secret, path=args.path, base_url=args.base_url)
     fake.latency = args.latency
-    running = RunningFake(fake, args.port).start()
-    print(f"fake website listening on {running.url}{args.path}", flush=True)
-    try:
-        threading.Event().wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        running.stop()
+    serve_until_interrupted(fake, args.port, f"fake website (hook {args.path})")
 
 
 if __name__ == "__main__":
