@@ -319,15 +319,7 @@ def post_json(
         if attempts is not None:
             data["attempt_log"] = [a.as_json() for a in attempts(d.id)]
         deliveries.append(data)
-    return {
-        "id": record.id,
-        "source": record.source,
-        "state": record.state,
-        "campaign": record.campaign,
-        "created_at": record.created_at.isoformat(),
-        "updated_at": record.updated_at.isoformat(),
-        "deliveries": deliveries,
-    }
+    return record.as_json(deliveries)
 
 
 def _deliveries_json(found: Sequence[Delivery]) -> list[dict[str, Any]]:

@@ -174,15 +174,7 @@ def _post_json(app: App, record: PostRecord, attempts: bool = False) -> dict[str
         if attempts:
             data["attempt_log"] = [a.as_json() for a in app.queue.attempts(d.id)]
         deliveries.append(data)
-    return {
-        "id": record.id,
-        "source": record.source,
-        "state": record.state,
-        "campaign": record.campaign,
-        "created_at": record.created_at.isoformat(),
-        "updated_at": record.updated_at.isoformat(),
-        "deliveries": deliveries,
-    }
+    return record.as_json(deliveries)
 
 
 def cmd_list(app: App, args: argparse.Namespace) -> int:

@@ -129,6 +129,21 @@ class PostRecord:
     updated_at: datetime
     deliveries: tuple[Delivery, ...]
 
+    def as_json(self, deliveries: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """The stable JSON form (`crosspost show --json`, the API); `deliveries` replaces each
+        delivery's own form when the caller adds to it."""
+        return {
+            "id": self.id,
+            "source": self.source,
+            "state": self.state,
+            "campaign": self.campaign,
+            "created_at": self.created_at.isoformat(),
+            "updated_at": self.updated_at.isoformat(),
+            "deliveries": (
+                deliveries if deliveries is not None else [d.as_json() for d in self.deliveries]
+            ),
+        }
+
     @property
     def state(self) -> str:
         """The one state all deliveries share, else `mixed`."""
