@@ -322,7 +322,12 @@ def cmd_db(app: App, args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="crosspost", description=__doc__)
+    parser = _Parser(
+        prog="crosspost",
+        description="Write a post once; publish it on time, exactly once, in the right language"
+        " to Facebook Pages, Mastodon and your website.",
+        epilog="Exit codes: 0 ok, 1 bad input or refused, 2 usage. See README.md.",
+    )
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     def command(name: str, handler: Callable[[App, argparse.Namespace], int], text: str) -> Any:
