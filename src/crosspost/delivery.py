@@ -186,6 +186,19 @@ class Claim:
 
 
 @dataclass(frozen=True)
+class Finish:
+    """The end of one claim as a worker reports it: the new state, and the attempt made."""
+
+    delivery_id: int
+    fence: int
+    state: DeliveryState
+    attempt: AttemptRecord | None = None
+    due_at: datetime | None = None  # for retry-waiting, or scheduled (given back)
+    maybe_landed: bool | None = None
+    now: datetime | None = None
+
+
+@dataclass(frozen=True)
 class AttemptRecord:
     """What a worker reports about one attempt."""
 

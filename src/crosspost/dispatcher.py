@@ -15,7 +15,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -30,6 +30,7 @@ from crosspost.delivery import (
     AttemptRecord,
     Claim,
     DeliveryState,
+    Finish,
     NewDelivery,
     NewPost,
 )
@@ -75,9 +76,51 @@ class QueueStore(Protocol):
         now: datetime | None = None,
     ) -> bool: ...
 
+    def finish_many(self, ends: Sequence[Finish]) -> list[bool]: ...
+
     def published_copies(self, post_id: str) -> dict[str, str]: ...
 
     def ensure(self, new: NewPost, now: datetime) -> AddResult: ...
+
+
+class _GroupCommit:
+    """Publish threads' results written a batch per transaction (group commit).
+
+    The first thread to arrive writes what is pending — its own result and whatever others
+    added meanwhile — and keeps writing until nothing is left; the rest wait for their answer.
+    In a burst that is one commit for many deliveries instead of one each."""
+
+    def __init__(self, queue: QueueStore) -> None:
+        self._queue = queue
+        self._lock = threading.Lock()
+        self._pending: list[tuple[Finish, Future[bool]]] = []
+        self._writing = False
+
+    def finish(self, end: Finish) -> bool:
+        answer: Future[bool] = Future()
+        with self._lock:
+            self._pending.append((end, answer))
+            lead = not self._writing
+            self._writing = True
+        if lead:
+            self._write_until_empty()
+        return answer.result()
+
+    def _write_until_empty(self) -> None:
+        while True:
+            with self._lock:
+                batch, self._pending = self._pending, []
+                if not batch:
+                    self._writing = False
+                    return
+            try:
+                kept = self._queue.finish_many([end for end, _ in batch])
+            except Exception as exc:  # every waiting thread learns of it
+                for _, answer in batch:
+                    answer.set_exception(exc)
+            else:
+                for (_, answer), ok in zip(batch, kept, strict=True):
+                    answer.set_result(ok)
 
 
 @dataclass
@@ -109,6 +152,7 @@ class Dispatcher:
         on_outcome: Callable[[Outcome], None] | None = None,
     ) -> None:
         self.queue = queue
+        self._commits = _GroupCommit(queue)
         self.targets = targets
         self.settings = settings
         self.worker_id = worker_id
@@ -298,14 +342,8 @@ class Dispatcher:
                 remote_id=published.remote_id if published else None,
                 remote_url=published.remote_url if published else None,
             )
-            kept = self.queue.finish(
-                delivery.id,
-                claim.fence,
-                state,
-                attempt,
-                due_at=due_at,
-                maybe_landed=maybe_landed,
-                now=self.clock(),
+            kept = self._commits.finish(
+                Finish(delivery.id, claim.fence, state, attempt, due_at, maybe_landed, self.clock())
             )
             if not kept:
                 log.warning("delivery %s: lease lost, result not recorded", delivery.id)

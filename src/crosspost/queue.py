@@ -38,6 +38,7 @@ from crosspost.delivery import (
     Claim,
     Delivery,
     DeliveryState,
+    Finish,
     NewPost,
     PostRecord,
     check_transition,
@@ -674,46 +675,64 @@ class Queue:
         now: datetime | None = None,
     ) -> bool:
         """Record the end of a claim: published, retry-waiting (at `due_at`), failed,
-        needs-review, missed, or scheduled (released). False, and nothing written, when the
+        needs-review, missed, or scheduled (given back). False, and nothing written, when the
         fence shows another worker has taken the delivery over."""
-        check_transition(S.CLAIMED, state)
-        values: dict[str, Any] = {"state": str(state), "lease_owner": None}
-        if state in (S.RETRY_WAITING, S.SCHEDULED):
-            if due_at is None:
-                raise ValueError(f"{state} needs a due time")
-            values["due_at"] = due_at
-        if maybe_landed is not None:
-            values["maybe_landed"] = maybe_landed
+        end = Finish(delivery_id, fence, state, attempt, due_at, maybe_landed, now)
+        return self.finish_many([end])[0]
+
+    def finish_many(self, ends: Sequence[Finish]) -> list[bool]:
+        """Record several ends of claims in one transaction (one commit for a burst); each is
+        fenced on its own. Rows are updated in id order, so two batches never deadlock."""
+        values = [self._finish_values(end) for end in ends]  # all checked before writing
+        kept = [False] * len(ends)
+        with self._write() as conn:
+            for i in sorted(range(len(ends)), key=lambda i: ends[i].delivery_id):
+                end = ends[i]
+                result = conn.execute(
+                    deliveries.update()
+                    .where(
+                        deliveries.c.id == end.delivery_id,
+                        deliveries.c.fence == end.fence,
+                        deliveries.c.state == str(S.CLAIMED),
+                    )
+                    .values(**values[i])
+                )
+                kept[i] = result.rowcount == 1
+                if kept[i] and end.attempt is not None:
+                    conn.execute(
+                        attempts.insert().values(
+                            delivery_id=end.delivery_id, **end.attempt.__dict__
+                        )
+                    )
+        return kept
+
+    @staticmethod
+    def _finish_values(end: Finish) -> dict[str, Any]:
+        check_transition(S.CLAIMED, end.state)
+        values: dict[str, Any] = {"state": str(end.state), "lease_owner": None}
+        if end.state in (S.RETRY_WAITING, S.SCHEDULED):
+            if end.due_at is None:
+                raise ValueError(f"{end.state} needs a due time")
+            values["due_at"] = end.due_at
+        if end.maybe_landed is not None:
+            values["maybe_landed"] = end.maybe_landed
+        attempt = end.attempt
         if attempt is not None:
             if attempt.error_kind:
                 values["last_error"] = attempt.error_message
                 values["last_error_kind"] = attempt.error_kind
-            if state == S.PUBLISHED:
+            if end.state == S.PUBLISHED:
                 values.update(
                     remote_id=attempt.remote_id,
                     remote_url=attempt.remote_url,
-                    published_at=now or attempt.started_at,
+                    published_at=end.now or attempt.started_at,
                     last_error=None,
                     last_error_kind=None,
                     maybe_landed=False,
                 )
-        if state == S.SCHEDULED:  # released unsent: the attempt did not happen
+        if end.state == S.SCHEDULED:  # given back unsent: the attempt did not happen
             values["attempts"] = deliveries.c.attempts - 1
-        with self._write() as conn:
-            result = conn.execute(
-                deliveries.update()
-                .where(
-                    deliveries.c.id == delivery_id,
-                    deliveries.c.fence == fence,
-                    deliveries.c.state == str(S.CLAIMED),
-                )
-                .values(**values)
-            )
-            if result.rowcount != 1:
-                return False
-            if attempt is not None:
-                conn.execute(attempts.insert().values(delivery_id=delivery_id, **attempt.__dict__))
-            return True
+        return values
 
     def mark_maybe_landed(self, delivery_id: int, fence: int) -> bool:
         """Before a request that may land, so a crash leaves the trace (fenced)."""
