@@ -11,6 +11,7 @@ from crosspost.delivery import (
     TRANSITIONS,
     AttemptRecord,
     DeliveryState,
+    Finish,
     NewDelivery,
     NewPost,
     check_transition,
@@ -208,3 +209,15 @@ def test_ensure_adds_only_what_is_missing_and_is_idempotent(queue: Queue) -> Non
     assert queue.ensure(new_post("campaign@2028", targets=("website",)), NOW).outcome == (
         "unchanged"
     )
+
+
+def test_finish_many_fences_each_end_on_its_own(queue: Queue) -> None:
+    queue.add(new_post(), NOW)
+    first, second = queue.claim_due("w", NOW, NOW + timedelta(minutes=1), 2)
+    stale = Finish(second.delivery.id, second.fence - 1, S.PUBLISHED, attempt(remote_id="old"))
+    fresh = Finish(first.delivery.id, first.fence, S.PUBLISHED, attempt(remote_id="new"))
+    assert queue.finish_many([stale, fresh]) == [False, True]
+    states = {d.id: (d.state, d.remote_id) for d in queue.get("p1").deliveries}
+    assert states[first.delivery.id] == (S.PUBLISHED, "new")
+    assert states[second.delivery.id] == (S.CLAIMED, None)
+    assert queue.attempts(second.delivery.id) == []
