@@ -45,7 +45,7 @@ from crosspost.media_fetch import MediaFetchError, MediaFolder, fetch_media
 from crosspost.mirror import Mirror, mirror_router
 from crosspost.mirror_store import MirrorStore
 from crosspost.post import MAX_MEDIA_BYTES, MEDIA_TYPES, Post
-from crosspost.postfile import _yaml, build_post
+from crosspost.postfile import build_post, parse_yaml
 from crosspost.queue import Queue
 from crosspost.scheduler import Service
 from crosspost.settings import Settings
@@ -648,7 +648,7 @@ def create_app(
             except csv.Error as exc:
                 raise InputError.one(SOURCE, "", f"not valid CSV: {exc}") from None
         elif kind in ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml"):
-            items = _yaml(text, SOURCE)
+            items = parse_yaml(text, SOURCE)
         elif kind in ("application/json", ""):
             try:
                 items = json.loads(text)

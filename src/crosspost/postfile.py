@@ -49,7 +49,8 @@ def validation_problems(source: str, error: ValidationError) -> list[Problem]:
     return problems
 
 
-def _yaml(text: str, source: str) -> Any:
+def parse_yaml(text: str, source: str) -> Any:
+    """YAML as post files are read (times kept as text); errors name the line and column."""
     try:
         return yaml.load(text, Loader=_PostLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
@@ -66,7 +67,7 @@ def _markdown(text: str, source: str) -> Any:
             source, "", "a Markdown post starts with YAML front matter between `---` lines"
         )
     front, body = handler.split(text)
-    data = _yaml(front, source)
+    data = parse_yaml(front, source)
     if not isinstance(data, dict):
         raise InputError.one(source, "", "the front matter must be a mapping of fields")
     texts = dict(data.get("text") or {})
@@ -91,7 +92,7 @@ def parse_post_data(text: str, kind: str, source: str) -> Mapping[str, Any]:
     elif kind == "markdown":
         data = _markdown(text, source)
     else:
-        data = _yaml(text, source)
+        data = parse_yaml(text, source)
     if data is None:
         raise InputError.one(source, "", "the file is empty")
     if not isinstance(data, dict):
