@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Protocol
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -189,7 +189,6 @@ class Dispatcher:
                     state.running + len(state.waiting) >= limit * 4
                 ):
                     blocked.add(name)
-        # Deliveries to targets no longer configured wait too, rather than fail silently.
         return sorted(blocked)
 
     def next_release(self, now: datetime) -> datetime | None:
@@ -490,7 +489,3 @@ def _duration(delta: timedelta) -> str:
     seconds = int(delta.total_seconds())
     hours, rest = divmod(seconds, 3600)
     return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
-
-
-def describe(outcome: Outcome) -> dict[str, Any]:
-    return {"target": outcome.target, "state": outcome.state, "lag": outcome.lag}

@@ -20,7 +20,7 @@ bodies, never from request headers or URLs carrying tokens.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -109,7 +109,3 @@ _KIND_NAMES: dict[type[PublishError], str] = {
     Permanent: "permanent",
     OutcomeUnknown: "outcome-unknown",
 }
-
-
-def problems_text(problems: Sequence[Problem]) -> str:
-    return "\n".join(str(p) for p in problems)

@@ -734,16 +734,6 @@ class Queue:
             values["attempts"] = deliveries.c.attempts - 1
         return values
 
-    def mark_maybe_landed(self, delivery_id: int, fence: int) -> bool:
-        """Before a request that may land, so a crash leaves the trace (fenced)."""
-        with self._write() as conn:
-            result = conn.execute(
-                deliveries.update()
-                .where(deliveries.c.id == delivery_id, deliveries.c.fence == fence)
-                .values(maybe_landed=True)
-            )
-            return result.rowcount == 1
-
     def next_due(self, skip_targets: Sequence[str] = ()) -> datetime | None:
         """When the queue next has something to look at (ignoring `skip_targets`)."""
         query = sa.select(sa.func.min(deliveries.c.due_at)).where(_is_active)

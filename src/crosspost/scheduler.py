@@ -190,6 +190,3 @@ class Service:
         now = self.clock()
         due = self.queue.next_due(self.dispatcher.blocked_targets(now))
         return due is None or due > now
-
-    def wait(self, timeout: float | None = None) -> bool:
-        return self._stop.wait(timeout)
